@@ -1,0 +1,17 @@
+"""Diffusion training objective on diffusers schedulers (noise, v/eps/x0 targets, loss weights)."""
+
+from .objective import (
+    PREDICTION_TYPES,
+    DiffusionObjective,
+    append_dims,
+    drop_captions,
+    make_noise_scheduler,
+)
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiffusionObjective",
+    "append_dims",
+    "drop_captions",
+    "make_noise_scheduler",
+]

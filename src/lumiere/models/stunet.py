@@ -1,0 +1,742 @@
+"""Lumiere's Space-Time U-Net (STUNet), Bar-Tal et al. 2024, Sec. 3.1 and App. B.
+
+The STUNet keeps the blocks of a diffusers ``UNet2DConditionModel`` (the "image model") and calls
+their resnets, attentions and resizers explicitly, with Lumiere's temporal modules interleaved as
+visible submodules (``print(stunet)`` shows the whole architecture):
+
+- ``FactorizedSpaceTimeConv`` after every spatial layer of every level except the coarsest;
+- ``TemporalAttentionBlock`` stacked at the coarsest level (the mid block);
+- ``TemporalDownsample`` after each spatial downsampler and ``TemporalUpsample`` after each
+  spatial upsampler, so the network compresses time as well as space.
+
+Every inserted block is residual with a zero-initialised output, and the temporal resizers are
+initialised to nearest-neighbour resampling (App. B), so on a video whose frames are all the same
+image the inflated model gives exactly the image model's output on every frame.
+
+Axis legend (einops):
+    b  batch            c  channels
+    f  frames           h, w  height, width
+    n  tokens of the text encoder      d  text width
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from einops import rearrange
+from torch import nn
+
+# Blocks whose internals (resnets / attentions / resizers) the STUNet knows how to call.
+SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
+SUPPORTED_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
+SUPPORTED_MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
+# Image-model features that have no meaning for text-to-video and are refused explicitly.
+UNSUPPORTED_FEATURES = (
+    "class_embed_type",
+    "addition_embed_type",
+    "time_cond_proj_dim",
+    "num_class_embeds",
+)
+
+
+@dataclass
+class STUNetOutput(BaseOutput):
+    """Output of the STUNet.
+
+    sample: ``[b, c_out, f, h, w]`` the network's prediction (what it predicts is the objective's
+        business: the network knows nothing of diffusion).
+    """
+
+    sample: torch.Tensor
+
+
+def _group_count(channels: int, preferred: int = 32) -> int:
+    """Largest divisor of ``channels`` not above ``preferred``: GroupNorm groups for any width."""
+    for groups in range(min(preferred, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Inserted (temporal) modules. Each subclasses InsertedModule so the STUNet can list them.
+# ---------------------------------------------------------------------------------------------
+
+
+class InsertedModule(nn.Module):
+    """Base class of every module that inflation adds to the image model (Sec. 3.1)."""
+
+
+class FactorizedSpaceTimeConv(InsertedModule):
+    """Factorized space-time convolution block (Sec. 3.1, "Conv-based blocks").
+
+    GroupNorm -> SiLU -> 3x3 spatial conv -> SiLU -> 1-D temporal conv (kernel ``k`` along frames)
+    -> zero-initialised 1x1 output projection, added to the input. Starts as the identity.
+
+    Input and output: ``[(b f), c, h, w]``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, norm_groups: int = 32):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"temporal_kernel_size must be odd (1, 3, 5, ...), got {kernel_size}")
+        self.norm = nn.GroupNorm(_group_count(channels, norm_groups), channels, eps=1e-6)
+        self.spatial_conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        # A 1-D conv along frames, written as a (k, 1, 1) Conv3d so it runs on [b, c, f, h, w].
+        self.temporal_conv = nn.Conv3d(
+            channels, channels, kernel_size=(kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0)
+        )
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        # Zero output projection: the block is the identity at inflation (Sec. 3.1).
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.spatial_conv(F.silu(self.norm(hidden_states)))
+        hidden_states = rearrange(hidden_states, "(b f) c h w -> b c f h w", f=num_frames)
+        hidden_states = self.temporal_conv(F.silu(hidden_states))
+        hidden_states = rearrange(hidden_states, "b c f h w -> (b f) c h w")
+        return residual + self.proj_out(hidden_states)
+
+
+class TemporalAttentionBlock(InsertedModule):
+    """Temporal self-attention over frames at each pixel (Sec. 3.1, coarsest level only).
+
+    Tokens are the ``f`` frames of one pixel; a sinusoidal frame-position encoding is added after
+    the input norm so any frame count works. Pre-norm attention and feed-forward with inner
+    residuals, then a zero-initialised output projection added to the input: starts as the
+    identity.
+
+    Input and output: ``[(b f), c, h, w]``.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 4, norm_groups: int = 32):
+        super().__init__()
+        if channels % num_heads != 0:
+            raise ValueError(
+                f"temporal_attention_heads={num_heads} must divide the coarsest width {channels}"
+            )
+        self.channels = channels
+        self.norm_in = nn.GroupNorm(_group_count(channels, norm_groups), channels, eps=1e-6)
+        self.norm_attn = nn.LayerNorm(channels)
+        self.attn = Attention(query_dim=channels, heads=num_heads, dim_head=channels // num_heads, bias=True)
+        self.norm_ff = nn.LayerNorm(channels)
+        self.ff = FeedForward(channels, mult=4, activation_fn="geglu")
+        self.proj_out = nn.Linear(channels, channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        # Zero output projection: the block is the identity at inflation (Sec. 3.1).
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def frame_positions(self, num_frames: int, like: torch.Tensor) -> torch.Tensor:
+        """Sinusoidal encoding of frame indices: ``[f, c]``."""
+        positions = torch.arange(num_frames, device=like.device)
+        return get_timestep_embedding(
+            positions, self.channels, flip_sin_to_cos=True, downscale_freq_shift=0
+        ).to(like.dtype)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        height, width = hidden_states.shape[-2:]
+        residual = hidden_states
+        tokens = rearrange(self.norm_in(hidden_states), "(b f) c h w -> (b h w) f c", f=num_frames)
+        tokens = tokens + self.frame_positions(num_frames, tokens)
+        tokens = tokens + self.attn(self.norm_attn(tokens))
+        tokens = tokens + self.ff(self.norm_ff(tokens))
+        tokens = self.proj_out(tokens)
+        delta = rearrange(tokens, "(b h w) f c -> (b f) c h w", h=height, w=width)
+        return residual + delta
+
+
+def _identity_temporal_kernel(conv: nn.Conv3d) -> None:
+    """Set a ``(k, 1, 1)`` Conv3d to pass the centre frame through unchanged (App. B)."""
+    if conv.weight.is_meta:  # weights come from a checkpoint (from_pretrained)
+        return
+    channels, kernel = conv.out_channels, conv.kernel_size[0]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, kernel // 2, 0, 0].copy_(torch.eye(channels, dtype=conv.weight.dtype))
+        conv.bias.zero_()
+
+
+class TemporalDownsample(InsertedModule):
+    """Halve the frame count: a 1-D temporal conv initialised as identity, with stride 2 (App. B).
+
+    At initialisation it keeps frames 0, 2, 4, ... (nearest neighbour).
+    Input ``[(b f), c, h, w]`` -> output ``[(b f/2), c, h, w]``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv3d(
+            channels,
+            channels,
+            kernel_size=(kernel_size, 1, 1),
+            stride=(2, 1, 1),
+            padding=(kernel_size // 2, 0, 0),
+        )
+        _identity_temporal_kernel(self.conv)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        hidden_states = rearrange(hidden_states, "(b f) c h w -> b c f h w", f=num_frames)
+        return rearrange(self.conv(hidden_states), "b c f h w -> (b f) c h w")
+
+
+class TemporalUpsample(InsertedModule):
+    """Double the frame count: frame duplication, then a 1-D temporal conv initialised as identity.
+
+    Input ``[(b f), c, h, w]`` -> output ``[(b 2f), c, h, w]``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv3d(
+            channels, channels, kernel_size=(kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0)
+        )
+        _identity_temporal_kernel(self.conv)
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        hidden_states = rearrange(hidden_states, "(b f) c h w -> b c f h w", f=num_frames)
+        hidden_states = hidden_states.repeat_interleave(2, dim=2)
+        return rearrange(self.conv(hidden_states), "b c f h w -> (b f) c h w")
+
+
+class NoiseLevelEmbedding(InsertedModule):
+    """Embedding of the conditioning-augmentation noise level (cascaded diffusion, Ho et al. 2021).
+
+    Used by the SSR model; added to the timestep embedding. Its last layer is zero-initialised so
+    the model starts as the image model. ``[b] -> [b, d]``.
+    """
+
+    def __init__(self, proj_channels: int, embed_dim: int):
+        super().__init__()
+        self.proj_channels = proj_channels
+        self.embedding = TimestepEmbedding(proj_channels, embed_dim)
+        nn.init.zeros_(self.embedding.linear_2.weight)
+        nn.init.zeros_(self.embedding.linear_2.bias)
+
+    def forward(self, noise_level: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        features = get_timestep_embedding(
+            noise_level, self.proj_channels, flip_sin_to_cos=True, downscale_freq_shift=0
+        )
+        return self.embedding(features.to(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-frame conditioning, broadcast to whatever frame count a level runs at.
+# ---------------------------------------------------------------------------------------------
+
+
+class FrameConditioning:
+    """Timestep embedding ``[b, d_t]`` and text states ``[b, n, d]``, repeated per frame on demand.
+
+    Levels run at different frame counts once time is downsampled; ``at(f)`` returns the
+    ``[(b f), ...]`` tensors for ``f`` frames, computed once per count.
+    """
+
+    def __init__(self, temb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None):
+        self.temb, self.text, self.text_mask = temb, text, text_mask
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    def at(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if num_frames not in self._cache:
+            mask = None if self.text_mask is None else self.text_mask.repeat_interleave(num_frames, 0)
+            self._cache[num_frames] = (
+                self.temb.repeat_interleave(num_frames, 0),
+                self.text.repeat_interleave(num_frames, 0),
+                mask,
+            )
+        return self._cache[num_frames]
+
+
+# ---------------------------------------------------------------------------------------------
+# Space-time blocks: one image-model block with its inserted temporal modules.
+# ---------------------------------------------------------------------------------------------
+
+
+class _CheckpointedLayers(nn.Module):
+    """Runs ``self.layer(index, ...)`` under activation checkpointing when it is switched on."""
+
+    gradient_checkpointing = False
+
+    def run_layer(self, *args: Any) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # diffusers' ModelMixin.enable_gradient_checkpointing sets this function; it calls
+            # ``module.__call__``, which a bound method has.
+            return self._gradient_checkpointing_func(self.layer, *args)
+        return self.layer(*args)
+
+
+def _spatial_layer(
+    spatial: nn.Module,
+    index: int,
+    hidden_states: torch.Tensor,
+    conditioning: FrameConditioning,
+    num_frames: int,
+) -> torch.Tensor:
+    """The image model's resnet ``index`` (and its cross-attention, if the block has one)."""
+    temb, text, text_mask = conditioning.at(num_frames)
+    hidden_states = spatial.resnets[index](hidden_states, temb)
+    attentions = getattr(spatial, "attentions", None)
+    if attentions is not None:
+        hidden_states = attentions[index](
+            hidden_states, encoder_hidden_states=text, encoder_attention_mask=text_mask, return_dict=False
+        )[0]
+    return hidden_states
+
+
+class SpaceTimeDownBlock(_CheckpointedLayers):
+    """An image-model down block (``spatial``) with a factorized space-time conv after each of its
+    layers and an optional temporal downsampler after its spatial downsampler.
+
+    ``[(b f), c_in, h, w] -> [(b f'), c_out, h', w']`` plus the skip activations.
+    """
+
+    def __init__(self, spatial: nn.Module, temporal_downsample: bool, kernel_size: int, norm_groups: int):
+        super().__init__()
+        self.spatial = spatial
+        channels = spatial.resnets[0].out_channels
+        self.temporal_convs = nn.ModuleList(
+            FactorizedSpaceTimeConv(channels, kernel_size, norm_groups) for _ in spatial.resnets
+        )
+        has_downsampler = spatial.downsamplers is not None
+        self.temporal_downsampler = (
+            TemporalDownsample(channels, kernel_size) if (temporal_downsample and has_downsampler) else None
+        )
+
+    def layer(
+        self, index: int, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
+    ):
+        hidden_states = _spatial_layer(self.spatial, index, hidden_states, conditioning, num_frames)
+        return self.temporal_convs[index](hidden_states, num_frames)
+
+    def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
+        skips = []
+        for index in range(len(self.spatial.resnets)):
+            hidden_states = self.run_layer(index, hidden_states, conditioning, num_frames)
+            skips.append(hidden_states)
+        if self.spatial.downsamplers is not None:
+            for downsampler in self.spatial.downsamplers:
+                hidden_states = downsampler(hidden_states)
+            if self.temporal_downsampler is not None:
+                hidden_states = self.temporal_downsampler(hidden_states, num_frames)
+                num_frames //= 2
+            skips.append(hidden_states)
+        return hidden_states, num_frames, skips
+
+
+class SpaceTimeMidBlock(_CheckpointedLayers):
+    """The image model's mid block, then a stack of temporal attention blocks: the coarsest level.
+
+    ``[(b f), c, h, w] -> [(b f), c, h, w]``.
+    """
+
+    def __init__(self, spatial: nn.Module, num_layers: int, num_heads: int, norm_groups: int):
+        super().__init__()
+        self.spatial = spatial
+        channels = spatial.resnets[0].out_channels
+        self.temporal_attentions = nn.ModuleList(
+            TemporalAttentionBlock(channels, num_heads, norm_groups) for _ in range(num_layers)
+        )
+
+    def layer(
+        self, index: int, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
+    ):
+        temb, text, text_mask = conditioning.at(num_frames)
+        if index == 0:
+            return self.spatial.resnets[0](hidden_states, temb)
+        if index <= len(self.spatial.attentions):
+            hidden_states = self.spatial.attentions[index - 1](
+                hidden_states, encoder_hidden_states=text, encoder_attention_mask=text_mask, return_dict=False
+            )[0]
+            return self.spatial.resnets[index](hidden_states, temb)
+        return self.temporal_attentions[index - 1 - len(self.spatial.attentions)](hidden_states, num_frames)
+
+    def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
+        num_layers = len(self.spatial.resnets) + len(self.temporal_attentions)
+        for index in range(num_layers):
+            hidden_states = self.run_layer(index, hidden_states, conditioning, num_frames)
+        return hidden_states
+
+
+class SpaceTimeUpBlock(_CheckpointedLayers):
+    """An image-model up block (``spatial``) with a factorized space-time conv after each layer and
+    an optional temporal upsampler after its spatial upsampler. Each layer concatenates one skip,
+    which has the same frame count because resizing is mirrored.
+
+    ``[(b f), c_in, h, w] -> [(b f''), c_out, h'', w'']``.
+    """
+
+    def __init__(self, spatial: nn.Module, temporal_upsample: bool, kernel_size: int, norm_groups: int):
+        super().__init__()
+        self.spatial = spatial
+        channels = spatial.resnets[0].out_channels
+        self.temporal_convs = nn.ModuleList(
+            FactorizedSpaceTimeConv(channels, kernel_size, norm_groups) for _ in spatial.resnets
+        )
+        has_upsampler = spatial.upsamplers is not None
+        self.temporal_upsampler = (
+            TemporalUpsample(channels, kernel_size) if (temporal_upsample and has_upsampler) else None
+        )
+
+    def layer(self, index, hidden_states, skip, conditioning: FrameConditioning, num_frames: int):
+        hidden_states = torch.cat([hidden_states, skip], dim=1)
+        hidden_states = _spatial_layer(self.spatial, index, hidden_states, conditioning, num_frames)
+        return self.temporal_convs[index](hidden_states, num_frames)
+
+    def forward(
+        self, hidden_states, skips: list[torch.Tensor], conditioning: FrameConditioning, num_frames: int
+    ):
+        for index in range(len(self.spatial.resnets)):
+            hidden_states = self.run_layer(index, hidden_states, skips.pop(), conditioning, num_frames)
+        if self.spatial.upsamplers is not None:
+            for upsampler in self.spatial.upsamplers:
+                hidden_states = upsampler(hidden_states)
+            if self.temporal_upsampler is not None:
+                hidden_states = self.temporal_upsampler(hidden_states, num_frames)
+                num_frames *= 2
+        return hidden_states, num_frames
+
+
+# ---------------------------------------------------------------------------------------------
+# The STUNet.
+# ---------------------------------------------------------------------------------------------
+
+
+def check_unet_config(unet_config: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming what the STUNet cannot inflate in a UNet2DConditionModel config."""
+    for name in UNSUPPORTED_FEATURES:
+        if unet_config.get(name) is not None:
+            raise ValueError(
+                f"cannot inflate a UNet2DConditionModel with {name}={unet_config[name]!r}; set it to None"
+            )
+    for key, allowed in (
+        ("down_block_types", SUPPORTED_DOWN_BLOCKS),
+        ("up_block_types", SUPPORTED_UP_BLOCKS),
+    ):
+        for block_type in unet_config.get(key, ()):
+            if block_type not in allowed:
+                raise ValueError(f"{key} contains {block_type!r}; supported: {', '.join(allowed)}")
+    mid = unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if mid not in SUPPORTED_MID_BLOCKS:
+        raise ValueError(
+            f"mid_block_type={mid!r} is not supported; supported: {', '.join(SUPPORTED_MID_BLOCKS)}"
+        )
+    hid_type = unet_config.get("encoder_hid_dim_type")
+    if hid_type not in (None, "text_proj"):
+        raise ValueError(f"encoder_hid_dim_type={hid_type!r} is not supported; use None or 'text_proj'")
+
+
+def _resolve_temporal_downsample(
+    temporal_resizing: bool | Sequence[bool], num_down_blocks: int
+) -> tuple[bool, ...]:
+    """Per spatial downsampler (``num_down_blocks - 1`` of them): whether time is halved there too."""
+    levels = num_down_blocks - 1
+    if isinstance(temporal_resizing, bool):
+        return (temporal_resizing,) * levels
+    flags = tuple(bool(x) for x in temporal_resizing)
+    if len(flags) != levels:
+        raise ValueError(
+            f"temporal_resizing has {len(flags)} entries; the image model has {levels} spatial downsamplers, "
+            f"give one bool per downsampler (or a single bool)"
+        )
+    return flags
+
+
+class STUNet(ModelMixin, ConfigMixin):
+    """Space-Time U-Net (Lumiere Sec. 3.1): an inflated diffusers ``UNet2DConditionModel``.
+
+    Build it with ``STUNet.from_unet2d(unet2d)`` to keep the image model's weights; the constructor
+    itself (the saved config) takes the image model's config.
+
+    Call: ``sample [b, c, f, h, w]``, ``timestep`` scalar or ``[b]``, ``encoder_hidden_states
+    [b, n, d]`` (shared by all frames) -> ``STUNetOutput.sample [b, c_out, f, h, w]``.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        unet_config: dict[str, Any],  # config of the inflated UNet2DConditionModel
+        temporal_resizing: bool
+        | Sequence[bool] = True,  # halve time at each spatial downsampler (False: SSR)
+        temporal_attention_layers: int = 2,  # temporal self-attention blocks at the coarsest level
+        temporal_attention_heads: int = 4,  # heads of those blocks
+        temporal_kernel_size: int = 3,  # kernel of every 1-D temporal conv
+        extra_in_channels: int = 0,  # conditioning channels added to the input by widen_input
+        noise_level_conditioning: bool = False,  # embed a conditioning-augmentation level (SSR)
+    ):
+        super().__init__()
+        unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
+        check_unet_config(unet_config)
+        if temporal_attention_layers < 0:
+            raise ValueError(f"temporal_attention_layers must be >= 0, got {temporal_attention_layers}")
+        # Build the image model from its config and adopt its modules; from_unet2d copies weights.
+        image_model = UNet2DConditionModel(**unet_config)
+        image_config = image_model.config
+        norm_groups = image_config.norm_num_groups or 32
+        flags = _resolve_temporal_downsample(temporal_resizing, len(image_model.down_blocks))
+        self.temporal_downsample_flags = flags
+
+        self.conv_in = image_model.conv_in
+        if extra_in_channels:
+            self.conv_in = _widened_conv(self.conv_in, extra_in_channels)
+        self.time_proj = image_model.time_proj
+        self.time_embedding = image_model.time_embedding
+        self.time_embed_act = image_model.time_embed_act
+        self.encoder_hid_proj = image_model.encoder_hid_proj
+        self.noise_level_embedding = (
+            NoiseLevelEmbedding(
+                self.time_embedding.linear_1.in_features, self.time_embedding.linear_1.out_features
+            )
+            if noise_level_conditioning
+            else None
+        )
+        self.down_blocks = nn.ModuleList(
+            SpaceTimeDownBlock(
+                block, flags[i] if i < len(flags) else False, temporal_kernel_size, norm_groups
+            )
+            for i, block in enumerate(image_model.down_blocks)
+        )
+        self.mid_block = SpaceTimeMidBlock(
+            image_model.mid_block, temporal_attention_layers, temporal_attention_heads, norm_groups
+        )
+        # Up block k's upsampler undoes down block (n - 2 - k)'s downsampler.
+        n = len(image_model.up_blocks)
+        self.up_blocks = nn.ModuleList(
+            SpaceTimeUpBlock(
+                block, flags[n - 2 - k] if k < n - 1 else False, temporal_kernel_size, norm_groups
+            )
+            for k, block in enumerate(image_model.up_blocks)
+        )
+        self.conv_norm_out = image_model.conv_norm_out
+        self.conv_act = image_model.conv_act
+        self.conv_out = image_model.conv_out
+
+    # ----- inflation ------------------------------------------------------------------------
+
+    @classmethod
+    def from_unet2d(
+        cls,
+        unet2d: UNet2DConditionModel,
+        temporal_resizing: bool | Sequence[bool] = True,
+        temporal_attention_layers: int = 2,
+        temporal_attention_heads: int = 4,
+        temporal_kernel_size: int = 3,
+        noise_level_conditioning: bool = False,
+    ) -> STUNet:
+        """Inflate an image model: keep its blocks and weights, insert Lumiere's temporal modules."""
+        from lumiere.models.inflate import load_image_weights
+
+        stunet = cls(
+            unet_config={k: v for k, v in unet2d.config.items() if not k.startswith("_")},
+            temporal_resizing=temporal_resizing,
+            temporal_attention_layers=temporal_attention_layers,
+            temporal_attention_heads=temporal_attention_heads,
+            temporal_kernel_size=temporal_kernel_size,
+            noise_level_conditioning=noise_level_conditioning,
+        )
+        load_image_weights(stunet, unet2d)
+        stunet.to(unet2d.device)
+        if unet2d.dtype != torch.float32:
+            stunet.to(dtype=unet2d.dtype)
+        return stunet
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> STUNet:
+        """diffusers' loader, then every tensor copied into fresh, aligned memory.
+
+        safetensors maps the file, leaving tensors at unaligned addresses; CPU kernels then take
+        other vector paths and outputs drift by ~1e-6 from the saved model. A copy makes a loaded
+        model reproduce the saved one bit for bit (and run at full speed).
+        """
+        model = super().from_pretrained(*args, **kwargs)
+        with torch.no_grad():
+            for tensor in (*model.parameters(), *model.buffers()):
+                tensor.data = tensor.data.clone()
+        return model
+
+    def widen_input(self, extra_channels: int) -> None:
+        """Grow the first conv by ``extra_channels`` input channels with zero weights (Sec. 4).
+
+        The conditional model takes concat(noisy video, masked video C, mask M); with zero weights
+        on C and M it starts out as the unconditional model.
+        """
+        if extra_channels < 1:
+            raise ValueError(f"extra_channels must be >= 1, got {extra_channels}")
+        self.conv_in = _widened_conv(self.conv_in, extra_channels)
+        self.register_to_config(extra_in_channels=self.config.extra_in_channels + extra_channels)
+
+    # ----- parameter groups -----------------------------------------------------------------
+
+    def inserted_modules(self) -> Iterator[InsertedModule]:
+        """Every module added by inflation (temporal convs, attention, resizers, noise level)."""
+        for module in self.modules():
+            if isinstance(module, InsertedModule):
+                yield module
+
+    def temporal_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the inserted modules only: what Lumiere trains on a frozen image model."""
+        for module in self.inserted_modules():
+            yield from module.parameters()
+
+    def spatial_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that came from the image model."""
+        inserted = {id(p) for p in self.temporal_parameters()}
+        for param in self.parameters():
+            if id(param) not in inserted:
+                yield param
+
+    def freeze_spatial(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the image model's weights; inserted modules stay trainable."""
+        for param in self.spatial_parameters():
+            param.requires_grad_(not frozen)
+
+    # ----- shapes ---------------------------------------------------------------------------
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv_in.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv_out.out_channels
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames must be a multiple of this: 2 ** (number of temporal downsamplings)."""
+        return 2 ** sum(block.temporal_downsampler is not None for block in self.down_blocks)
+
+    @property
+    def spatial_factor(self) -> int:
+        """Height and width must be multiples of this: 2 ** (number of spatial downsamplings)."""
+        return 2 ** sum(block.spatial.downsamplers is not None for block in self.down_blocks)
+
+    def check_input(self, sample: torch.Tensor) -> None:
+        """Raise ``ValueError`` for a sample the network cannot take, saying what works."""
+        if sample.ndim != 5:
+            raise ValueError(f"sample must be [b, c, f, h, w] (5-D), got shape {tuple(sample.shape)}")
+        _, channels, num_frames, height, width = sample.shape
+        if channels != self.in_channels:
+            raise ValueError(
+                f"sample has {channels} channels; this STUNet takes in_channels={self.in_channels}"
+            )
+        factor = self.temporal_factor
+        if num_frames < 1 or num_frames % factor != 0:
+            examples = ", ".join(str(factor * k) for k in (1, 2, 3))
+            raise ValueError(
+                f"num_frames={num_frames} cannot be halved {int(math.log2(factor))} times by the temporal "
+                f"downsampling; use a positive multiple of {factor} (e.g. {examples})"
+            )
+        s = self.spatial_factor
+        if height % s or width % s:
+            raise ValueError(
+                f"height={height} and width={width} must be multiples of {s} (the U-Net's spatial factor)"
+            )
+
+    # ----- forward --------------------------------------------------------------------------
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        noise_level: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> STUNetOutput | tuple[torch.Tensor]:
+        """Predict from a noisy video.
+
+        sample ``[b, c, f, h, w]``; timestep scalar or ``[b]``; encoder_hidden_states ``[b, n, d]``;
+        encoder_attention_mask ``[b, n]`` (1 keeps a token); noise_level ``[b]`` (SSR only).
+        """
+        self.check_input(sample)
+        batch, _, num_frames = sample.shape[:3]
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"encoder_hidden_states must be [b={batch}, n, d], got {tuple(encoder_hidden_states.shape)}"
+            )
+
+        # 1. Timestep embedding [b, d_t], shared by the frames of a clip.
+        timesteps = torch.as_tensor(timestep, device=sample.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps[None]
+        timesteps = timesteps.expand(batch)
+        temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
+        if self.noise_level_embedding is not None:
+            if noise_level is None:
+                raise ValueError("this STUNet is conditioned on noise_level ([b]); pass noise_level")
+            level = torch.as_tensor(noise_level, device=sample.device).expand(batch)
+            temb = temb + self.noise_level_embedding(level, sample.dtype)
+        if self.time_embed_act is not None:
+            temb = self.time_embed_act(temb)
+
+        # 2. Text states [b, n, d] and mask as an additive bias [b, 1, n] (diffusers convention).
+        if self.encoder_hid_proj is not None:
+            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
+        mask_bias = None
+        if encoder_attention_mask is not None:
+            mask_bias = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+        conditioning = FrameConditioning(temb, encoder_hidden_states, mask_bias)
+
+        # 3. Frames become batch entries for the image model's 2-D layers: [(b f), c, h, w].
+        hidden_states = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
+        skips = [hidden_states]
+
+        # 4. Down: space and (where configured) time are halved.
+        for block in self.down_blocks:
+            hidden_states, num_frames, block_skips = block(hidden_states, conditioning, num_frames)
+            skips.extend(block_skips)
+
+        # 5. Coarsest level: image mid block, then temporal attention.
+        hidden_states = self.mid_block(hidden_states, conditioning, num_frames)
+
+        # 6. Up: each layer takes the skip at its own space-time resolution.
+        for block in self.up_blocks:
+            hidden_states, num_frames = block(hidden_states, skips, conditioning, num_frames)
+
+        # 7. Output head, back to [b, c_out, f, h, w].
+        if self.conv_norm_out is not None:
+            hidden_states = self.conv_act(self.conv_norm_out(hidden_states))
+        hidden_states = self.conv_out(hidden_states)
+        output = rearrange(hidden_states, "(b f) c h w -> b c f h w", b=batch)
+        if not return_dict:
+            return (output,)
+        return STUNetOutput(sample=output)
+
+
+def _widened_conv(conv: nn.Conv2d, extra_channels: int) -> nn.Conv2d:
+    """A copy of ``conv`` with ``extra_channels`` more input channels whose weights are zero."""
+    wider = nn.Conv2d(
+        conv.in_channels + extra_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    if not conv.weight.is_meta:
+        with torch.no_grad():
+            wider.weight.zero_()
+            wider.weight[:, : conv.in_channels].copy_(conv.weight)
+            if conv.bias is not None:
+                wider.bias.copy_(conv.bias)
+    return wider
