@@ -1,0 +1,444 @@
+"""The ``lumiere`` command: thin wrappers that parse, call library functions and show progress.
+
+    lumiere generate PROMPT -o OUT.mp4 [options]   text -> video file (a grid with --num-videos > 1)
+    lumiere train CONFIG.yaml [--resume]            one training stage from a YAML config
+    lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
+
+Out-of-range options are argparse errors (exit code 2) naming the option; failures of the work
+itself (a missing model, say) exit with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger("lumiere")
+
+VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm")  # lumiere.data.video_io.VIDEO_EXTENSIONS
+SCHEDULER_CHOICES = ("dpm++", "ddim", "euler")  # lumiere.pipelines.SAMPLERS (imported lazily)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types: each raises ArgumentTypeError, which argparse reports with the option's name.
+# ---------------------------------------------------------------------------------------------
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _float_at_least(minimum: float, strict: bool = False) -> Callable[[str], float]:
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"number {bound}"
+    return parse
+
+
+def _video_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise argparse.ArgumentTypeError(f"must end in one of {', '.join(VIDEO_EXTENSIONS)}, got {text!r}")
+    return path
+
+
+def _nonempty_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty prompt")
+    return text
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" except where the default is None (the help text says what it means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------------------------------
+# lumiere generate
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate a video from a text prompt",
+        description="Generate a video from a text prompt with a Lumiere pipeline.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("prompt", type=_nonempty_text, help="text prompt (non-empty)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=_video_path,
+        required=True,
+        metavar="OUT",
+        help=f"output video file; the format follows the extension ({', '.join(VIDEO_EXTENSIONS)})",
+    )
+    parser.add_argument(
+        "--frames",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="frames per clip: a positive multiple of the model's temporal factor",
+    )
+    parser.add_argument(
+        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=_float_at_least(0.0),
+        default=5.0,
+        metavar="G",
+        help="classifier-free guidance scale, >= 0 (<= 1: no guidance)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        metavar="S",
+        help="random seed, >= 0; clip i of --num-videos uses seed + i, so it is the same as that seed alone",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="directory written by LumierePipeline.save_pretrained (default: the model shipped in the package)",
+    )
+    parser.add_argument(
+        "--num-videos",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="clips to generate, >= 1; more than one are tiled into a grid in one file",
+    )
+    parser.add_argument(
+        "--negative-prompt",
+        default=None,
+        metavar="TEXT",
+        help="prompt to steer away from with guidance (default: the empty prompt, i.e. unconditional)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=SCHEDULER_CHOICES,
+        default="dpm++",
+        help="sampler, over the model's saved noise schedule",
+    )
+    parser.add_argument(
+        "--fps",
+        type=_float_at_least(0.0, strict=True),
+        default=8.0,
+        metavar="N",
+        help="frame rate of the file, > 0",
+    )
+    parser.add_argument(
+        "--height",
+        type=_int_at_least(1),
+        default=None,
+        metavar="H",
+        help="height in pixels, a multiple of the model's spatial factor (default: the model's sample size)",
+    )
+    parser.add_argument(
+        "--width",
+        type=_int_at_least(1),
+        default=None,
+        metavar="W",
+        help="width in pixels, a multiple of the model's spatial factor (default: the model's sample size)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
+    )
+    parser.set_defaults(func=_run_generate, command_parser=parser)
+
+
+def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from lumiere.data.video_io import make_grid, write_video
+    from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
+
+    try:
+        pipe = LumierePipeline.from_pretrained(args.model)
+    except FileNotFoundError as err:
+        return _fail(parser, str(err))
+
+    # Options that depend on the model: reported like any other out-of-range option.
+    stunet = pipe.stunet
+    if args.frames % stunet.temporal_factor:
+        parser.error(
+            f"argument --frames: must be a multiple of {stunet.temporal_factor} for this model, got {args.frames}"
+        )
+    for option, value in (("--height", args.height), ("--width", args.width)):
+        if value is not None and value % stunet.spatial_factor:
+            parser.error(
+                f"argument {option}: must be a multiple of {stunet.spatial_factor} for this model, got {value}"
+            )
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe.to(device)
+    # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
+    frames = pipe(
+        args.prompt,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        negative_prompt=args.negative_prompt,
+        num_videos_per_prompt=args.num_videos,
+        generator=generators,
+        output_type="np",
+    ).frames  # [n, f, h, w, 3] in [0, 1]
+
+    video = (
+        frames[0] if args.num_videos == 1 else make_grid(frames, nrow=math.ceil(math.sqrt(args.num_videos)))
+    )
+    path = write_video(args.output, video, fps=args.fps)
+    logger.info(
+        "wrote %d clip(s) of %d frames (%dx%d) to %s",
+        args.num_videos,
+        frames.shape[1],
+        frames.shape[2],
+        frames.shape[3],
+        path,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lumiere train
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one stage from a YAML config",
+        description="Train one Lumiere stage (Accelerate; also under `accelerate launch`) from a YAML config.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("config", type=Path, metavar="CONFIG", help="YAML training config (an existing file)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in the config's output directory",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=_float_at_least(0.0, strict=True),
+        default=None,
+        metavar="MINUTES",
+        help="stop with a checkpoint after this many minutes, > 0 (continue later with --resume)",
+    )
+    parser.set_defaults(func=_run_train, command_parser=parser)
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.config.is_file():
+        parser.error(f"argument config: no such file: {str(args.config)!r}")
+    from lumiere.train import train_from_config
+
+    time_limit_s = None if args.time_limit is None else args.time_limit * 60
+    train_from_config(args.config, resume=args.resume, time_limit_s=time_limit_s)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lumiere eval
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score a model on moving-shapes prompts (probe accuracy, consistency, Frechet distance)",
+        description="Generate clips for prompts drawn from the moving-shapes grammar and print JSON scores.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--count", type=_int_at_least(2), default=100, metavar="N", help="clips, >= 2")
+    parser.add_argument(
+        "--seed", type=_int_at_least(0), default=0, metavar="S", help="prompt and noise seed, >= 0"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="pipeline directory (default: the shipped model)",
+    )
+    parser.add_argument(
+        "--frames", type=_int_at_least(1), default=16, metavar="N", help="frames per clip, >= 1"
+    )
+    parser.add_argument(
+        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
+    )
+    parser.add_argument(
+        "--guidance", type=_float_at_least(0.0), default=5.0, metavar="G", help="guidance scale, >= 0"
+    )
+    parser.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, metavar="N", help="clips per batch, >= 1"
+    )
+    parser.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the JSON here")
+    parser.set_defaults(func=_run_eval, command_parser=parser)
+
+
+def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from lumiere.eval.evaluate import evaluate
+    from lumiere.pipelines import LumierePipeline
+
+    try:
+        pipe = LumierePipeline.from_pretrained(args.model)
+    except FileNotFoundError as err:
+        return _fail(parser, str(err))
+    if args.frames % pipe.stunet.temporal_factor:
+        parser.error(f"argument --frames: must be a multiple of {pipe.stunet.temporal_factor} for this model")
+    pipe.set_progress_bar_config(disable=True)
+    scores = evaluate(
+        pipe,
+        count=args.count,
+        seed=args.seed,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        batch_size=args.batch_size,
+    )
+    text = json.dumps(scores, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lumiere data
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_data(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data", help="write data sets", description="Write data sets.", formatter_class=_HelpFormatter
+    )
+    data_commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    shapes = data_commands.add_parser(
+        "shapes",
+        help="write the synthetic moving-shapes data set (mp4 + caption txt pairs)",
+        description="Write clip_NNNNNN.mp4 videos of moving shapes, each with its caption in clip_NNNNNN.txt.",
+        formatter_class=_HelpFormatter,
+    )
+    shapes.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output directory (created if missing)"
+    )
+    shapes.add_argument(
+        "--count", type=_int_at_least(1), required=True, metavar="N", help="number of clips, >= 1"
+    )
+    shapes.add_argument(
+        "--frames", type=_int_at_least(1), default=16, metavar="F", help="frames per clip, >= 1"
+    )
+    shapes.add_argument(
+        "--resolution",
+        type=_int_at_least(8),
+        default=32,
+        metavar="R",
+        help="height and width in pixels, >= 8",
+    )
+    shapes.add_argument(
+        "--seed",
+        type=_int_at_least(0),
+        default=0,
+        metavar="S",
+        help="random seed, >= 0; a seed always writes the same clips",
+    )
+    shapes.add_argument(
+        "--fps",
+        type=_float_at_least(0.0, strict=True),
+        default=8.0,
+        metavar="N",
+        help="frame rate of the files, > 0",
+    )
+    shapes.set_defaults(func=_run_data_shapes, command_parser=shapes)
+
+
+def _run_data_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from lumiere.data.shapes import write_shapes_dataset
+
+    paths = write_shapes_dataset(
+        args.out, args.count, num_frames=args.frames, resolution=args.resolution, seed=args.seed, fps=args.fps
+    )
+    logger.info("wrote %d clips with captions to %s", len(paths), args.out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> int:
+    """Report a failure of the work itself (not of the options): exit code 1."""
+    sys.stderr.write(f"{parser.prog}: error: {message}\n")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumiere",
+        description="Lumiere: space-time diffusion for video generation (Bar-Tal et al. 2024).",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging verbosity"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_generate(commands)
+    _add_train(commands)
+    _add_data(commands)
+    _add_eval(commands)
+    # `serve` joins here with the web UI (a later issue).
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lumiere`` command; returns the exit code (argparse exits with 2 on bad options)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    # The subcommand's own parser, so errors found later show its usage line.
+    return args.func(args, args.command_parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""Synthetic moving-shapes clips with captions (DESIGN.md section 3).
+
+Every clip shows one solid shape on a solid background, moving in one of seven ways. A clip is a
+pure function of ``(seed, index)``, so the data set is reproducible, needs no storage and is cheap
+enough (well under a millisecond per 16x32x32 clip) to feed CPU training directly.
+
+Geometry, in pixel units with pixel centres at ``j + 0.5``: ``size`` is the diameter of a circle,
+the side of a square, and base = height of an isosceles triangle pointing up (so its bounding box
+fill ratio is 1/2, a circle's pi/4 and a square's 1, which is what the probe in
+``lumiere.eval.probe`` reads back). A shape's position is its centroid. Shapes are drawn
+anti-aliased from a signed distance: coverage = clip(0.5 - distance, 0, 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------------
+# Vocabularies. Colours are pure sRGB values (CSS named colours), 0-255.
+# ------------------------------------------------------------------------------------------------
+
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
+    "gray": (128, 128, 128),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),  # CSS "lime": the sRGB primary
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "purple": (128, 0, 128),
+    "cyan": (0, 255, 255),
+    "orange": (255, 165, 0),
+}
+MOTIONS: tuple[str, ...] = (
+    "moving left",
+    "moving right",
+    "moving up",
+    "moving down",
+    "growing",
+    "shrinking",
+    "bouncing",
+)
+STATIC = "static"  # the motion attribute of image-mode samples (single frames)
+
+# Other wordings of each motion, used by caption templates and understood by ``parse_caption``.
+MOTION_PHRASES: dict[str, tuple[str, ...]] = {
+    "moving left": ("moving left", "moving to the left", "sliding left"),
+    "moving right": ("moving right", "moving to the right", "sliding right"),
+    "moving up": ("moving up", "moving upwards", "rising"),
+    "moving down": ("moving down", "moving downwards", "falling"),
+    "growing": ("growing", "getting bigger", "growing larger"),
+    "shrinking": ("shrinking", "getting smaller", "shrinking in size"),
+    "bouncing": ("bouncing", "bouncing up and down", "hopping up and down"),
+}
+
+# ``{motion}`` takes one of MOTION_PHRASES; the first template uses the canonical phrase.
+VIDEO_TEMPLATES: tuple[str, ...] = (
+    "a {colour} {shape} {motion} on a {background} background",
+    "{colour} {shape}, {motion}, {background} background",
+    "a {colour} {shape} {motion} against a {background} background",
+    "a {background} background with a {colour} {shape} {motion}",
+    "{background} background, a {colour} {shape} {motion}",
+)
+IMAGE_TEMPLATES: tuple[str, ...] = (
+    "a {colour} {shape} on a {background} background",
+    "{colour} {shape}, {background} background",
+    "a {colour} {shape} against a {background} background",
+    "a {background} background with a {colour} {shape}",
+)
+
+# Sizes and travel, as fractions of the shorter frame side. At 32x32 the smallest shape is 8 px.
+SIZE_RANGE = (0.25, 0.40)  # shapes that keep their size
+GROW_SMALL_RANGE = (0.25, 0.30)  # size at the small end of growing / shrinking
+GROW_LARGE_RANGE = (0.50, 0.65)  # size at the large end
+IMAGE_SIZE_RANGE = (0.25, 0.60)  # single-frame samples
+TRAVEL_RANGE = (0.6, 1.0)  # fraction of the free room a translating shape crosses during the clip
+BOUNCE_AMPLITUDE_RANGE = (0.6, 1.0)  # fraction of the free vertical room a bounce spans
+BOUNCE_COUNT_RANGE = (1.5, 2.5)  # bounces per clip
+MARGIN = 0.06  # minimum gap between a shape's bounding box and the frame edge
+
+
+def caption_grammar() -> dict[str, Any]:
+    """The vocabularies and templates that captions are drawn from (for eval prompt sets)."""
+    return {
+        "backgrounds": tuple(BACKGROUNDS),
+        "shapes": SHAPES,
+        "colours": tuple(COLOURS),
+        "motions": MOTIONS,
+        "motion_phrases": dict(MOTION_PHRASES),
+        "video_templates": VIDEO_TEMPLATES,
+        "image_templates": IMAGE_TEMPLATES,
+    }
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("video", "image"):
+        raise ValueError(f"mode must be 'video' or 'image', got {mode!r}")
+
+
+def random_attributes(rng: np.random.Generator, mode: str = "video") -> dict[str, str]:
+    """Draw {background, shape, colour, motion} uniformly; motion is ``STATIC`` in image mode."""
+    _check_mode(mode)
+    return {
+        "background": str(rng.choice(list(BACKGROUNDS))),
+        "shape": str(rng.choice(SHAPES)),
+        "colour": str(rng.choice(list(COLOURS))),
+        "motion": str(rng.choice(MOTIONS)) if mode == "video" else STATIC,
+    }
+
+
+def make_caption(attributes: dict[str, str], template: int = 0, phrase: int = 0) -> str:
+    """Render a caption; ``template`` indexes the templates, ``phrase`` the motion's wordings."""
+    motion = attributes.get("motion", STATIC)
+    templates = IMAGE_TEMPLATES if motion in (STATIC, None) else VIDEO_TEMPLATES
+    if not 0 <= template < len(templates):
+        raise ValueError(f"template must be in [0, {len(templates) - 1}], got {template}")
+    words = {k: attributes[k] for k in ("background", "shape", "colour")}
+    if templates is VIDEO_TEMPLATES:
+        if motion not in MOTION_PHRASES:
+            raise ValueError(f"motion must be one of {MOTIONS} or {STATIC!r}, got {motion!r}")
+        phrases = MOTION_PHRASES[motion]
+        if not 0 <= phrase < len(phrases):
+            raise ValueError(f"phrase must be in [0, {len(phrases) - 1}], got {phrase}")
+        words["motion"] = phrases[phrase]
+    return re.sub(r"\ba (?=[aeiou])", "an ", templates[template].format(**words))  # "an orange"
+
+
+def random_caption(rng: np.random.Generator, mode: str = "video") -> tuple[str, dict[str, str]]:
+    """Draw attributes and a caption for them in a random template; returns (caption, attributes)."""
+    attributes = random_attributes(rng, mode)
+    return _caption_from_rng(attributes, rng), attributes
+
+
+def _caption_from_rng(attributes: dict[str, str], rng: np.random.Generator) -> str:
+    templates = IMAGE_TEMPLATES if attributes["motion"] == STATIC else VIDEO_TEMPLATES
+    template = int(rng.integers(len(templates)))
+    phrase = (
+        0 if attributes["motion"] == STATIC else int(rng.integers(len(MOTION_PHRASES[attributes["motion"]])))
+    )
+    return make_caption(attributes, template, phrase)
+
+
+# Longest phrase first, so "moving to the left" is not read as a shorter phrase.
+_PHRASE_TO_MOTION = sorted(
+    ((p, m) for m, ps in MOTION_PHRASES.items() for p in ps), key=lambda pm: -len(pm[0])
+)
+
+
+def parse_caption(caption: str) -> dict[str, str | None]:
+    """Read {background, shape, colour, motion} back from a caption.
+
+    An attribute the caption does not name is None, except motion, which is ``STATIC`` when no
+    motion phrase occurs. "grey" is read as "gray".
+    """
+    text = " " + re.sub(r"[^a-z]+", " ", caption.lower()).replace("grey", "gray") + " "
+    found: dict[str, str | None] = {"background": None, "shape": None, "colour": None, "motion": STATIC}
+    for name in BACKGROUNDS:
+        if f" {name} " in text:
+            found["background"] = name
+    for name in SHAPES:
+        if f" {name} " in text:
+            found["shape"] = name
+    for name in COLOURS:
+        if f" {name} " in text:
+            found["colour"] = name
+    for phrase, motion in _PHRASE_TO_MOTION:
+        if f" {phrase} " in text:
+            found["motion"] = motion
+            break
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# Drawing
+# ------------------------------------------------------------------------------------------------
+
+
+def _signed_distance(
+    shape: str, xs: np.ndarray, ys: np.ndarray, cx: np.ndarray, cy: np.ndarray, size: np.ndarray
+) -> np.ndarray:
+    """Signed distance in pixels (negative inside) of pixel centres to a shape.
+
+    xs: [1, 1, w], ys: [1, h, 1]; cx, cy, size: [f, 1, 1] -> [f, h, w].
+    """
+    dx, dy, half = xs - cx, ys - cy, size / 2
+    if shape == "circle":
+        return np.sqrt(dx * dx + dy * dy) - half
+    if shape == "square":
+        qx, qy = np.abs(dx) - half, np.abs(dy) - half
+        outside = np.sqrt(np.maximum(qx, 0) ** 2 + np.maximum(qy, 0) ** 2)
+        return outside + np.minimum(np.maximum(qx, qy), 0)
+    if shape == "triangle":
+        # Apex at (cx, cy - 2s/3), base from (cx -+ s/2, cy + s/3): the centroid is (cx, cy).
+        # Side edges have direction (s/2, s) from the apex; outward unit normal (2, -1)/sqrt(5).
+        base = dy - size / 3
+        side = (2 * np.abs(dx) - (dy + 2 * size / 3)) / math.sqrt(5.0)
+        return np.maximum(base, side)
+    raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+
+
+def _extent(shape: str) -> tuple[float, float]:
+    """Bounding box of a size-1 shape around its centroid: (above, below) the centroid."""
+    return (2 / 3, 1 / 3) if shape == "triangle" else (0.5, 0.5)
+
+
+def render_clip(
+    attributes: dict[str, str],
+    cx: np.ndarray,
+    cy: np.ndarray,
+    size: np.ndarray,
+    height: int,
+    width: int,
+) -> np.ndarray:
+    """Draw one shape per frame; cx, cy, size: [f] in pixels -> float32 [f, h, w, 3] in [0, 1]."""
+    xs = (np.arange(width, dtype=np.float32) + 0.5)[None, None, :]
+    ys = (np.arange(height, dtype=np.float32) + 0.5)[None, :, None]
+    col = lambda a: np.asarray(a, dtype=np.float32)[:, None, None]  # noqa: E731  [f] -> [f, 1, 1]
+    distance = _signed_distance(attributes["shape"], xs, ys, col(cx), col(cy), col(size))
+    alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]  # [f, h, w, 1]
+    bg = np.asarray(BACKGROUNDS[attributes["background"]], dtype=np.float32) / 255
+    fg = np.asarray(COLOURS[attributes["colour"]], dtype=np.float32) / 255
+    return (bg + alpha * (fg - bg)).astype(np.float32, copy=False)
+
+
+def sample_trajectory(
+    rng: np.random.Generator, attributes: dict[str, str], num_frames: int, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroid and size per frame for the attributes' motion -> (cx, cy, size), each [f] in pixels.
+
+    The whole shape stays inside the frame, at least ``MARGIN`` of the shorter side from the edges.
+    """
+    short = min(height, width)
+    margin = MARGIN * short
+    above, below = _extent(attributes["shape"])
+    t = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
+    motion = attributes["motion"]
+
+    def free_range(size: float, vertical: bool) -> tuple[float, float]:
+        """Interval of centroid positions that keep a shape of this size inside the frame."""
+        if vertical:
+            return margin + above * size, height - margin - below * size
+        return margin + size / 2, width - margin - size / 2
+
+    if motion in ("growing", "shrinking"):
+        small = rng.uniform(*GROW_SMALL_RANGE) * short
+        large = rng.uniform(*GROW_LARGE_RANGE) * short
+        size = small * (large / small) ** t  # geometric: constant relative growth per frame
+        if motion == "shrinking":
+            size = size[::-1]
+        cx = np.full(num_frames, rng.uniform(*free_range(large, False)))
+        cy = np.full(num_frames, rng.uniform(*free_range(large, True)))
+        return cx, cy, size
+
+    s = rng.uniform(*(IMAGE_SIZE_RANGE if motion == STATIC else SIZE_RANGE)) * short
+    size = np.full(num_frames, s)
+    (x_lo, x_hi), (y_lo, y_hi) = free_range(s, False), free_range(s, True)
+    cx = np.full(num_frames, rng.uniform(x_lo, x_hi))
+    cy = np.full(num_frames, rng.uniform(y_lo, y_hi))
+    if motion in ("moving left", "moving right", "moving up", "moving down"):
+        lo, hi = (x_lo, x_hi) if motion in ("moving left", "moving right") else (y_lo, y_hi)
+        travel = rng.uniform(*TRAVEL_RANGE) * (hi - lo)
+        start = rng.uniform(lo, hi - travel)
+        path = start + travel * t
+        if motion in ("moving left", "moving up"):
+            path = path[::-1]
+        if motion in ("moving left", "moving right"):
+            cx = path
+        else:
+            cy = path
+    elif motion == "bouncing":
+        # A ball bouncing on a floor: height above the floor is |sin|, one arch per bounce.
+        amplitude = rng.uniform(*BOUNCE_AMPLITUDE_RANGE) * (y_hi - y_lo)
+        floor = rng.uniform(y_lo + amplitude, y_hi)
+        bounces = rng.uniform(*BOUNCE_COUNT_RANGE)
+        cy = floor - amplitude * np.abs(np.sin(np.pi * bounces * t + rng.uniform(0, 0.25) * np.pi))
+    elif motion != STATIC:
+        raise ValueError(f"motion must be one of {MOTIONS} or {STATIC!r}, got {motion!r}")
+    return cx, cy, size
+
+
+def _resolution(resolution: int | Sequence[int]) -> tuple[int, int]:
+    """int or (h, w) -> (h, w), with a ValueError for anything else or sides below 8 pixels."""
+    is_int = isinstance(resolution, numbers.Integral)
+    size = (
+        (resolution, resolution) if is_int else tuple(resolution) if isinstance(resolution, Sequence) else ()
+    )
+    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s >= 8 for s in size):
+        raise ValueError(f"resolution must be an int or (h, w) with both sides >= 8, got {resolution!r}")
+    return int(size[0]), int(size[1])
+
+
+class MovingShapes(Dataset):
+    """Procedural moving-shapes clips; item i depends only on (seed, i).
+
+    Each item is a dict: "video" float32 [3, f, h, w] in [-1, 1] (f = 1 in image mode),
+    "caption" str, "attributes" {background, shape, colour, motion} (motion ``STATIC`` for images).
+    """
+
+    def __init__(
+        self,
+        length: int = 10_000,  # number of items; the generator itself is unbounded
+        num_frames: int = 16,  # frames per clip (ignored in image mode)
+        resolution: int | Sequence[int] = 32,  # int or (h, w)
+        seed: int = 0,  # item i is drawn from numpy default_rng([seed, i])
+        mode: str = "video",  # "video": moving clips; "image": single frames, captions without motion
+    ) -> None:
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        _check_mode(mode)
+        self.length = int(length)
+        self.num_frames = 1 if mode == "image" else int(num_frames)
+        self.height, self.width = _resolution(resolution)
+        self.seed = int(seed)
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample(self, index: int) -> tuple[np.ndarray, str, dict[str, str]]:
+        """Item ``index`` as (frames float32 [f, h, w, 3] in [0, 1], caption, attributes)."""
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index must be in [-{self.length}, {self.length - 1}], got {index}")
+        index %= self.length
+        rng = np.random.default_rng([self.seed, index])
+        attributes = random_attributes(rng, self.mode)
+        caption = _caption_from_rng(attributes, rng)
+        cx, cy, size = sample_trajectory(rng, attributes, self.num_frames, self.height, self.width)
+        frames = render_clip(attributes, cx, cy, size, self.height, self.width)
+        return frames, caption, attributes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        frames, caption, attributes = self.sample(index)
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # [f, h, w, 3] -> [3, f, h, w]
+        return {"video": video.mul(2).sub(1).contiguous(), "caption": caption, "attributes": attributes}
+
+
+def write_shapes_dataset(
+    out_dir: str | Path,
+    count: int,
+    num_frames: int = 16,
+    resolution: int | Sequence[int] = 32,
+    seed: int = 0,
+    fps: float = 8.0,
+    ext: str = ".mp4",
+) -> list[Path]:
+    """Write ``count`` clips as ``clip_000000.mp4`` with the caption in ``clip_000000.txt`` beside it.
+
+    This is the ``VideoFolder`` layout. mp4 is H.264 yuv420p, so colours are slightly lossy.
+    Returns the video paths.
+    """
+    from lumiere.data.video_io import write_video
+
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = MovingShapes(length=count, num_frames=num_frames, resolution=resolution, seed=seed)
+    width = max(6, len(str(count - 1)))
+    paths = []
+    for i in range(count):
+        frames, caption, _ = data.sample(i)
+        path = out / f"clip_{i:0{width}d}{ext}"
+        write_video(path, frames, fps=fps)
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        paths.append(path)
+    logger.info("wrote %d moving-shapes clips to %s", count, out)
+    return paths

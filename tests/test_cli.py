@@ -1,0 +1,123 @@
+"""The `lumiere` command, run in-process through `main(argv)` on a saved tiny pipeline."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lumiere.cli import main
+from lumiere.data.video_io import read_video
+from lumiere.models.presets import STUNET_PRESETS, build_unet2d
+from lumiere.models.stunet import STUNet
+from lumiere.pipelines import LumierePipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    stunet = STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"])
+    path = tmp_path_factory.mktemp("tiny_pipeline")
+    LumierePipeline.from_stunet(stunet).save_pretrained(path)
+    return path
+
+
+def exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
+def test_generate_writes_mp4(tiny_model, tmp_path, caplog):
+    out = tmp_path / "a.mp4"
+    with caplog.at_level(logging.INFO, logger="lumiere"):
+        code = main(["generate", "a red circle", "--model", str(tiny_model), "-o", str(out),
+                     "--steps", "2", "--frames", "2"])  # fmt: skip
+    assert code == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (2, 16, 16, 3)  # the model's sample size
+    assert fps == pytest.approx(8.0)
+    assert str(out) in caplog.text
+
+
+def test_generate_grid_of_videos(tiny_model, tmp_path):
+    out = tmp_path / "grid.gif"
+    argv = ["generate", "a blue square", "--model", str(tiny_model), "-o", str(out), "--steps", "2",
+            "--frames", "4", "--num-videos", "3", "--scheduler", "ddim", "--guidance", "1",
+            "--height", "8", "--width", "12", "--fps", "4"]  # fmt: skip
+    assert main(argv) == 0
+    frames, _ = read_video(out)
+    # make_grid: 2 clips per row, 2 rows, 2 px padding: [4, 2 * (8 + 2) + 2, 2 * (12 + 2) + 2, 3]
+    assert frames.shape == (4, 22, 30, 3)
+
+
+@pytest.mark.parametrize(
+    "options, option_name",
+    [
+        (["--frames", "0"], "--frames"),
+        (["--frames", "3"], "--frames"),  # the tiny model takes multiples of 2
+        (["--steps", "0"], "--steps"),
+        (["--guidance", "-1"], "--guidance"),
+        (["--fps", "0"], "--fps"),
+        (["--height", "9"], "--height"),
+        (["--scheduler", "heun"], "--scheduler"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_generate_bad_options_exit_2(tiny_model, tmp_path, capsys, options, option_name):
+    out = tmp_path / "a.mp4"
+    argv = ["generate", "a red circle", "--model", str(tiny_model), "-o", str(out), "--steps", "2", *options]
+    assert exit_code(argv) == 2
+    assert option_name in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_generate_bad_output_and_prompt_exit_2(tmp_path):
+    assert exit_code(["generate", "a red circle", "-o", str(tmp_path / "a.avi")]) == 2
+    assert exit_code(["generate", "  ", "-o", str(tmp_path / "a.mp4")]) == 2
+
+
+def test_generate_missing_model_exits_1(tmp_path, capsys):
+    out = tmp_path / "a.mp4"
+    assert main(["generate", "a red circle", "--model", str(tmp_path / "none"), "-o", str(out)]) == 1
+    assert "model_index.json" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["data"], ["data", "shapes"], ["serve"]])
+def test_incomplete_commands_exit_2(argv):
+    assert exit_code(argv) == 2
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["train"], ["data"], ["data", "shapes"]])
+def test_help(command, capsys):
+    assert exit_code([*command, "--help"]) == 0
+    assert "usage: lumiere" in capsys.readouterr().out
+
+
+def test_help_states_defaults(capsys):
+    exit_code(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("(default: 16)", "(default: 25)", "(default: 5.0)", "(default: dpm++)",
+                     "default: the model's sample size", "default: the model shipped in the package"):  # fmt: skip
+        assert fragment in text
+
+
+def test_train_missing_config_exits_2(tmp_path, capsys):
+    assert exit_code(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config" in capsys.readouterr().err
+
+
+def test_data_shapes_writes_pairs(tmp_path):
+    out = tmp_path / "shapes"
+    argv = ["data", "shapes", "--out", str(out), "--count", "3", "--frames", "4", "--resolution", "16"]
+    assert main(argv) == 0
+    videos = sorted(out.glob("*.mp4"))
+    captions = sorted(out.glob("*.txt"))
+    assert len(videos) == 3 and len(captions) == 3
+    assert [v.stem for v in videos] == [c.stem for c in captions]
+    frames, _ = read_video(videos[0])
+    assert frames.shape == (4, 16, 16, 3)
+    assert captions[0].read_text().strip()
+    assert exit_code(["data", "shapes", "--out", str(out), "--count", "0"]) == 2
