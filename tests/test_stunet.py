@@ -295,3 +295,25 @@ def test_text_mask_changes_the_output(tiny_unet):
         truncated = stunet(video, 10, text[:, :2]).sample
     assert not torch.allclose(full, masked)
     torch.testing.assert_close(masked, truncated, rtol=1e-4, atol=1e-5)
+
+
+def test_temporal_attention_attends_to_text_and_frames():
+    block = perturb(TemporalAttentionBlock(16, num_heads=2, norm_groups=4, text_dim=8)).eval()
+    frames = 4
+    video = torch.randn(2 * frames, 16, 3, 3)
+    text_a = torch.randn(2, 5, 8).repeat_interleave(frames, 0)
+    text_b = torch.randn(2, 5, 8).repeat_interleave(frames, 0)
+    with torch.no_grad():
+        out_a = block(video, frames, text_a)
+        out_b = block(video, frames, text_b)
+        # changing one frame changes the other frames' outputs (attention across time) ...
+        moved = video.clone()
+        moved[1] += torch.randn_like(moved[1])
+        out_moved = block(moved, frames, text_a)
+    assert not torch.allclose(out_a, out_b)
+    assert not torch.allclose(out_a[0], out_moved[0])
+    # ... but never another clip's
+    torch.testing.assert_close(out_a[frames:], out_moved[frames:])
+    no_text = perturb(TemporalAttentionBlock(16, num_heads=2, norm_groups=4, text_dim=None)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(no_text(video, frames, text_a), no_text(video, frames, text_b))

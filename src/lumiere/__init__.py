@@ -2,7 +2,19 @@
 
 from lumiere.models.presets import build_unet2d, preset_names
 from lumiere.models.stunet import STUNet, STUNetOutput
+from lumiere.models.text import TextEncoder, load_text_encoder
+from lumiere.pipelines import LumierePipeline, LumierePipelineOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["STUNet", "STUNetOutput", "build_unet2d", "preset_names", "__version__"]
+__all__ = [
+    "LumierePipeline",
+    "LumierePipelineOutput",
+    "STUNet",
+    "STUNetOutput",
+    "TextEncoder",
+    "__version__",
+    "build_unet2d",
+    "load_text_encoder",
+    "preset_names",
+]

@@ -114,14 +114,18 @@ class TemporalAttentionBlock(InsertedModule):
     """Temporal self-attention over frames at each pixel (Sec. 3.1, coarsest level only).
 
     Tokens are the ``f`` frames of one pixel; a sinusoidal frame-position encoding is added after
-    the input norm so any frame count works. Pre-norm attention and feed-forward with inner
-    residuals, then a zero-initialised output projection added to the input: starts as the
-    identity.
+    the input norm so any frame count works. Pre-norm self-attention over frames, optional
+    cross-attention to the text (``text_dim``), feed-forward, each with an inner residual, then a
+    zero-initialised output projection added to the input: starts as the identity.
 
-    Input and output: ``[(b f), c, h, w]``.
+    The cross-attention is our addition (the paper does not detail its temporal blocks): with the
+    image model frozen, its cross-attention was only ever trained on captions without motion words,
+    so the temporal path needs its own view of the prompt to follow "moving left" or "bouncing".
+
+    Input and output: ``[(b f), c, h, w]``; text ``[(b f), n, d]``, mask bias ``[(b f), 1, n]``.
     """
 
-    def __init__(self, channels: int, num_heads: int = 4, norm_groups: int = 32):
+    def __init__(self, channels: int, num_heads: int = 4, norm_groups: int = 32, text_dim: int | None = None):
         super().__init__()
         if channels % num_heads != 0:
             raise ValueError(
@@ -131,6 +135,18 @@ class TemporalAttentionBlock(InsertedModule):
         self.norm_in = nn.GroupNorm(_group_count(channels, norm_groups), channels, eps=1e-6)
         self.norm_attn = nn.LayerNorm(channels)
         self.attn = Attention(query_dim=channels, heads=num_heads, dim_head=channels // num_heads, bias=True)
+        self.norm_cross = nn.LayerNorm(channels) if text_dim else None
+        self.cross_attn = (
+            Attention(
+                query_dim=channels,
+                cross_attention_dim=text_dim,
+                heads=num_heads,
+                dim_head=channels // num_heads,
+                bias=True,
+            )
+            if text_dim
+            else None
+        )
         self.norm_ff = nn.LayerNorm(channels)
         self.ff = FeedForward(channels, mult=4, activation_fn="geglu")
         self.proj_out = nn.Linear(channels, channels)
@@ -148,12 +164,27 @@ class TemporalAttentionBlock(InsertedModule):
             positions, self.channels, flip_sin_to_cos=True, downscale_freq_shift=0
         ).to(like.dtype)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        num_frames: int,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         height, width = hidden_states.shape[-2:]
         residual = hidden_states
         tokens = rearrange(self.norm_in(hidden_states), "(b f) c h w -> (b h w) f c", f=num_frames)
         tokens = tokens + self.frame_positions(num_frames, tokens)
         tokens = tokens + self.attn(self.norm_attn(tokens))
+        if self.cross_attn is not None:
+            # One copy of the clip's text per pixel: [(b f), n, d] -> [(b h w), n, d].
+            pixels = height * width
+            text = text[::num_frames].repeat_interleave(pixels, 0)
+            if text_mask is not None:
+                text_mask = text_mask[::num_frames].repeat_interleave(pixels, 0)
+            tokens = tokens + self.cross_attn(
+                self.norm_cross(tokens), encoder_hidden_states=text, attention_mask=text_mask
+            )
         tokens = tokens + self.ff(self.norm_ff(tokens))
         tokens = self.proj_out(tokens)
         delta = rearrange(tokens, "(b h w) f c -> (b f) c h w", h=height, w=width)
@@ -353,12 +384,14 @@ class SpaceTimeMidBlock(_CheckpointedLayers):
     ``[(b f), c, h, w] -> [(b f), c, h, w]``.
     """
 
-    def __init__(self, spatial: nn.Module, num_layers: int, num_heads: int, norm_groups: int):
+    def __init__(
+        self, spatial: nn.Module, num_layers: int, num_heads: int, norm_groups: int, text_dim: int | None
+    ):
         super().__init__()
         self.spatial = spatial
         channels = spatial.resnets[0].out_channels
         self.temporal_attentions = nn.ModuleList(
-            TemporalAttentionBlock(channels, num_heads, norm_groups) for _ in range(num_layers)
+            TemporalAttentionBlock(channels, num_heads, norm_groups, text_dim) for _ in range(num_layers)
         )
 
     def layer(
@@ -372,7 +405,8 @@ class SpaceTimeMidBlock(_CheckpointedLayers):
                 hidden_states, encoder_hidden_states=text, encoder_attention_mask=text_mask, return_dict=False
             )[0]
             return self.spatial.resnets[index](hidden_states, temb)
-        return self.temporal_attentions[index - 1 - len(self.spatial.attentions)](hidden_states, num_frames)
+        block = self.temporal_attentions[index - 1 - len(self.spatial.attentions)]
+        return block(hidden_states, num_frames, text, text_mask)
 
     def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
         num_layers = len(self.spatial.resnets) + len(self.temporal_attentions)
@@ -488,6 +522,7 @@ class STUNet(ModelMixin, ConfigMixin):
         temporal_kernel_size: int = 3,  # kernel of every 1-D temporal conv
         extra_in_channels: int = 0,  # conditioning channels added to the input by widen_input
         noise_level_conditioning: bool = False,  # embed a conditioning-augmentation level (SSR)
+        temporal_cross_attention: bool = True,  # temporal attention blocks also attend to the text
     ):
         super().__init__()
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
@@ -521,8 +556,14 @@ class STUNet(ModelMixin, ConfigMixin):
             )
             for i, block in enumerate(image_model.down_blocks)
         )
+        text_dim = image_config.cross_attention_dim
+        text_dim = text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim  # the mid block's
         self.mid_block = SpaceTimeMidBlock(
-            image_model.mid_block, temporal_attention_layers, temporal_attention_heads, norm_groups
+            image_model.mid_block,
+            temporal_attention_layers,
+            temporal_attention_heads,
+            norm_groups,
+            text_dim if temporal_cross_attention else None,
         )
         # Up block k's upsampler undoes down block (n - 2 - k)'s downsampler.
         n = len(image_model.up_blocks)
@@ -547,6 +588,7 @@ class STUNet(ModelMixin, ConfigMixin):
         temporal_attention_heads: int = 4,
         temporal_kernel_size: int = 3,
         noise_level_conditioning: bool = False,
+        temporal_cross_attention: bool = True,
     ) -> STUNet:
         """Inflate an image model: keep its blocks and weights, insert Lumiere's temporal modules."""
         from lumiere.models.inflate import load_image_weights
@@ -558,6 +600,7 @@ class STUNet(ModelMixin, ConfigMixin):
             temporal_attention_heads=temporal_attention_heads,
             temporal_kernel_size=temporal_kernel_size,
             noise_level_conditioning=noise_level_conditioning,
+            temporal_cross_attention=temporal_cross_attention,
         )
         load_image_weights(stunet, unet2d)
         stunet.to(unet2d.device)
