@@ -85,7 +85,7 @@ def test_generate_missing_model_exits_1(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["data"], ["data", "shapes"], ["serve"]])
+@pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["data"], ["data", "shapes"]])
 def test_incomplete_commands_exit_2(argv):
     assert exit_code(argv) == 2
 

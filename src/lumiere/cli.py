@@ -1,8 +1,10 @@
 """The ``lumiere`` command: thin wrappers that parse, call library functions and show progress.
 
     lumiere generate PROMPT -o OUT.mp4 [options]   text -> video file (a grid with --num-videos > 1)
+    lumiere upsample IN.mp4 -o OUT.mp4 --prompt P   spatial super-resolution of a video (SSR model)
     lumiere train CONFIG.yaml [--resume]            one training stage from a YAML config
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
+    lumiere serve [--host H] [--port N] [--model P] a web page for generation (the web extra)
 
 Out-of-range options are argparse errors (exit code 2) naming the option; failures of the work
 itself (a missing model, say) exit with code 1.
@@ -21,6 +23,9 @@ logger = logging.getLogger("lumiere")
 
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm")  # lumiere.data.video_io.VIDEO_EXTENSIONS
 SCHEDULER_CHOICES = ("dpm++", "ddim", "euler")  # lumiere.pipelines.SAMPLERS (imported lazily)
+SSR_WINDOW = 8  # lumiere.pipelines.lumiere.SSR_WINDOW
+SSR_OVERLAP = 2  # lumiere.pipelines.multidiffusion.DEFAULT_OVERLAP
+SSR_NOISE_LEVEL = 20  # lumiere.models.ssr.SAMPLING_NOISE_LEVEL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +182,69 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
     )
+    parser.add_argument(
+        "--no-upsample",
+        action="store_true",
+        help="skip the spatial super-resolution model (output at the base size)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="base model: generate in overlapping N-frame windows (MultiDiffusion) to go beyond the training "
+        "length; coherent within a window, only continuous across windows (default: the whole clip at once)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help="frames shared by neighbouring base windows, < --window (default: half the window)",
+    )
+    _add_ssr_window_options(parser, prefix="ssr-", what="SSR ")
+    parser.add_argument(
+        "--ssr-steps",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="SSR denoising steps, >= 1 (default: --steps)",
+    )
     parser.set_defaults(func=_run_generate, command_parser=parser)
+
+
+def _add_ssr_window_options(parser: argparse.ArgumentParser, prefix: str, what: str) -> None:
+    """--[ssr-]window, --[ssr-]overlap, --[ssr-]chunk-size of the SSR's MultiDiffusion."""
+    parser.add_argument(
+        f"--{prefix}window",
+        type=_int_at_least(1),
+        default=SSR_WINDOW,
+        metavar="N",
+        help=f"{what}frames per temporal window, >= 1 (memory is that of one window, whatever the length)",
+    )
+    parser.add_argument(
+        f"--{prefix}overlap",
+        type=_int_at_least(0),
+        default=SSR_OVERLAP,
+        metavar="N",
+        help=f"{what}frames shared by neighbouring windows, < the window (paper: 2)",
+    )
+    parser.add_argument(
+        f"--{prefix}chunk-size",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help=f"{what}windows per network call, >= 1 (more: faster on a GPU, more memory)",
+    )
+
+
+def _check_window_options(
+    parser: argparse.ArgumentParser, window: int | None, overlap: int | None, names: tuple[str, str]
+) -> None:
+    """Report an overlap that cannot tile a clip with its window as an option error (the types
+    already ensure window >= 1 and overlap >= 0)."""
+    if window is not None and overlap is not None and overlap >= window:
+        parser.error(f"argument {names[1]}: must be less than {names[0]} ({window}), got {overlap}")
 
 
 def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -190,12 +257,24 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         pipe = LumierePipeline.from_pretrained(args.model)
     except FileNotFoundError as err:
         return _fail(parser, str(err))
+    if pipe.stunet is None:
+        return _fail(parser, "this model has no base stunet (it can only upsample): use `lumiere upsample`")
 
     # Options that depend on the model: reported like any other out-of-range option.
     stunet = pipe.stunet
-    if args.frames % stunet.temporal_factor:
+    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
+    _check_window_options(parser, args.ssr_window, args.ssr_overlap, ("--ssr-window", "--ssr-overlap"))
+    if args.overlap is not None and args.window is None:
+        parser.error("argument --overlap: applies to base windows; give --window too")
+    if args.window is not None and args.window % stunet.temporal_factor:
         parser.error(
-            f"argument --frames: must be a multiple of {stunet.temporal_factor} for this model, got {args.frames}"
+            f"argument --window: must be a multiple of {stunet.temporal_factor} for this model, got {args.window}"
+        )
+    one_pass = args.window is None or args.window >= args.frames
+    if one_pass and args.frames % stunet.temporal_factor:
+        parser.error(
+            f"argument --frames: must be a multiple of {stunet.temporal_factor} for this model, got {args.frames} "
+            "(or give a shorter --window)"
         )
     for option, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and value % stunet.spatial_factor:
@@ -219,6 +298,13 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         num_videos_per_prompt=args.num_videos,
         generator=generators,
         output_type="np",
+        window=args.window,
+        overlap=args.overlap,
+        upsample=not args.no_upsample,
+        ssr_window=args.ssr_window,
+        ssr_overlap=args.ssr_overlap,
+        ssr_chunk_size=args.ssr_chunk_size,
+        ssr_steps=args.ssr_steps,
     ).frames  # [n, f, h, w, 3] in [0, 1]
 
     video = (
@@ -231,6 +317,131 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         frames.shape[1],
         frames.shape[2],
         frames.shape[3],
+        path,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lumiere upsample
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_upsample(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "upsample",
+        help="upsample a video spatially with the SSR model (MultiDiffusion over temporal windows)",
+        description="Spatial super-resolution of a video file with a Lumiere pipeline's SSR model: "
+        "overlapping temporal windows, averaged where they overlap, so any length fits in memory.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("input", type=Path, metavar="IN", help="input video file (low resolution)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=_video_path,
+        required=True,
+        metavar="OUT",
+        help=f"output video file; the format follows the extension ({', '.join(VIDEO_EXTENSIONS)})",
+    )
+    parser.add_argument(
+        "--prompt", type=_nonempty_text, required=True, help="text describing the video (non-empty)"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="pipeline directory with an ssr/ model (default: the model shipped in the package)",
+    )
+    _add_ssr_window_options(parser, prefix="", what="")
+    parser.add_argument(
+        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=_float_at_least(0.0),
+        default=1.0,
+        metavar="G",
+        help="classifier-free guidance scale, >= 0 (<= 1: no guidance; the input fixes the content)",
+    )
+    parser.add_argument(
+        "--noise-level",
+        type=_int_at_least(0),
+        default=SSR_NOISE_LEVEL,
+        metavar="T",
+        help="noise augmentation of the input, a timestep of the noise schedule (0: none)",
+    )
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S", help="random seed, >= 0")
+    parser.add_argument(
+        "--scheduler",
+        choices=SCHEDULER_CHOICES,
+        default="dpm++",
+        help="sampler, over the model's saved noise schedule",
+    )
+    parser.add_argument(
+        "--fps",
+        type=_float_at_least(0.0, strict=True),
+        default=None,
+        metavar="N",
+        help="frame rate of the output file, > 0 (default: the input's)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
+    )
+    parser.set_defaults(func=_run_upsample, command_parser=parser)
+
+
+def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from lumiere.data.video_io import read_video, write_video
+    from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
+
+    if not args.input.is_file():
+        parser.error(f"argument IN: no such file: {str(args.input)!r}")
+    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
+    try:
+        pipe = LumierePipeline.from_pretrained(args.model)
+    except FileNotFoundError as err:
+        return _fail(parser, str(err))
+    if pipe.ssr is None:
+        return _fail(parser, "this model has no SSR model (no ssr/ folder); pass --model with one")
+    frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
+    space = pipe.ssr.spatial_factor
+    height, width = (side * pipe.ssr_scale for side in frames.shape[1:3])
+    if height % space or width % space:
+        return _fail(
+            parser,
+            f"{str(args.input)!r} is {frames.shape[2]}x{frames.shape[1]}; upsampled x{pipe.ssr_scale} that is "
+            f"{width}x{height}, but the SSR model takes multiples of {space}",
+        )
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe.to(device)
+    video = pipe.upsample(
+        frames[None],
+        args.prompt,
+        window=args.window,
+        overlap=args.overlap,
+        chunk_size=args.chunk_size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        noise_level=args.noise_level,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="np",
+    ).frames[0]  # [f, H, W, 3] in [0, 1]
+    path = write_video(args.output, video, fps=args.fps or fps or 8.0)
+    logger.info(
+        "upsampled %d frames from %dx%d to %dx%d into %s",
+        video.shape[0],
+        frames.shape[2],
+        frames.shape[1],
+        video.shape[2],
+        video.shape[1],
         path,
     )
     return 0
@@ -323,6 +534,8 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         pipe = LumierePipeline.from_pretrained(args.model)
     except FileNotFoundError as err:
         return _fail(parser, str(err))
+    if pipe.stunet is None:
+        return _fail(parser, "this model has no base stunet (it can only upsample); eval needs one")
     if args.frames % pipe.stunet.temporal_factor:
         parser.error(f"argument --frames: must be a multiple of {pipe.stunet.temporal_factor} for this model")
     pipe.set_progress_bar_config(disable=True)
@@ -403,6 +616,115 @@ def _run_data_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 # ---------------------------------------------------------------------------------------------
+# lumiere serve
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from lumiere.web.app import Caps  # plain Python: the caps' defaults, without Gradio
+
+    caps = Caps()
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a web page for generation (needs the web extra: pip install 'lumiere-video[web]')",
+        description="Serve a Gradio page with tabs for text-to-video, image-to-video, cinemagraphs, "
+        "inpainting and video-to-video. One generation at a time; requests beyond the caps are refused.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 opens the page to the network (anyone who can reach it can use it)",
+    )
+    parser.add_argument("--port", type=_int_at_least(1), default=7860, metavar="N", help="port, 1-65535")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="directory written by LumierePipeline.save_pretrained (default: the model shipped in the package)",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--max-frames",
+        type=_int_at_least(1),
+        default=caps.max_frames,
+        metavar="N",
+        help="cap on frames per clip",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=_int_at_least(1),
+        default=caps.max_steps,
+        metavar="N",
+        help="cap on denoising steps",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=_int_at_least(1),
+        default=caps.max_size,
+        metavar="PX",
+        help="cap on the base height and width in pixels",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=_float_at_least(0.0, strict=True),
+        default=caps.max_upload_bytes / 2**20,
+        metavar="MB",
+        help="cap on the size of one uploaded file",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_float_at_least(0.0, strict=True),
+        default=caps.timeout_s,
+        metavar="SECONDS",
+        help="stop a generation that runs longer (checked at every denoising step)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where results are written (default: a new temporary directory)",
+    )
+    parser.set_defaults(func=_run_serve, command_parser=parser)
+
+
+def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from lumiere.web.app import Caps
+
+    if args.port > 65535:
+        parser.error(f"argument --port: must be at most 65535, got {args.port}")
+    try:
+        from lumiere.web.ui import serve
+    except ImportError as err:
+        return _fail(parser, f"the web page needs Gradio ({err}): pip install 'lumiere-video[web]'")
+    caps = Caps(
+        max_frames=args.max_frames,
+        max_steps=args.max_steps,
+        max_size=args.max_size,
+        max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
+        timeout_s=args.timeout,
+    )
+    try:
+        serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            caps=caps,
+            device=args.device,
+            output_dir=args.output_dir,
+        )
+    except FileNotFoundError as err:
+        return _fail(parser, str(err))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
@@ -424,10 +746,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_generate(commands)
+    _add_upsample(commands)
     _add_train(commands)
     _add_data(commands)
     _add_eval(commands)
-    # `serve` joins here with the web UI (a later issue).
+    _add_serve(commands)
     return parser
 
 

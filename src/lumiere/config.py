@@ -21,12 +21,13 @@ STAGES = ("t2i", "stunet", "ssr", "conditional")
 @dataclass
 class ModelConfig:
     preset: str = "default"  # image U-Net preset (lumiere.models.presets) for stage t2i
-    init_from: str | None = None  # t2i: None (random); stunet: an image-model or STUNet directory
+    init_from: str | None = None  # t2i: None (random); stunet/ssr: an image-model or STUNet directory
     temporal_attention_layers: int | None = None  # None: the preset's value
-    freeze_spatial: bool = True  # Lumiere trains only the inserted temporal layers (Sec. 3.1)
+    freeze_spatial: bool = True  # train only the inserted temporal layers (Sec. 3.1); ssr: conv_in too
     gradient_checkpointing: bool = False  # trade compute for activation memory
     compile: bool = False  # torch.compile the network (inductor)
     channels_last: bool = False  # NHWC memory format for the 2-D convolutions
+    ssr_scale: int = 2  # ssr: the low-res clip is data.resolution / ssr_scale (the paper's SSR goes 8x)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class OptimConfig:
     min_snr_gamma: float | None = 5.0  # min-SNR loss weighting (Hang et al. 2023); None: off
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
     max_bad_steps: int = 10  # consecutive non-finite losses/gradients before the run stops
+    max_augmentation_level: int = 250  # ssr: low-res noise augmentation level ~ U[0, this] (a timestep)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class TrainConfig:
             ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
             ("log_every", self.log_every >= 1, ">= 1"),
             ("sample_every", self.sample_every >= 0, ">= 0"),
+            ("model.ssr_scale", self.model.ssr_scale >= 1, ">= 1"),
+            ("optim.max_augmentation_level", 0 <= self.optim.max_augmentation_level <= 999, "in [0, 999]"),
         ]
         for key, ok, accepted in checks:
             if not ok:
@@ -100,6 +104,11 @@ class TrainConfig:
             raise ValueError("config key data.path is required when data.kind is 'folder'")
         if self.stage != "t2i" and not self.model.init_from:
             raise ValueError(f"config key model.init_from is required for stage {self.stage!r}")
+        if self.stage == "ssr" and self.data.resolution % self.model.ssr_scale:
+            raise ValueError(
+                f"config key data.resolution ({self.data.resolution}) must be a multiple of model.ssr_scale "
+                f"({self.model.ssr_scale}) for stage 'ssr'"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

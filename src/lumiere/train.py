@@ -1,7 +1,10 @@
-"""One Accelerate training loop for every stage (DESIGN.md sec. 2): t2i, stunet (ssr, conditional later).
+"""One Accelerate training loop for every stage (DESIGN.md sec. 2): t2i, stunet, ssr (conditional later).
 
 - Objective: v-prediction on a cosine ``DDPMScheduler`` (``lumiere.diffusion``), loss in fp32,
   optional min-SNR weighting, 10% caption dropout for classifier-free guidance.
+- Stage ``ssr`` (Sec. 3.2): the high-res clip is the sample; its area-downsampled copy, upsampled
+  back and noise-augmented (``lumiere.models.ssr``), is the conditioning. The SSR model works per
+  temporal window, so it trains on short clips.
 - AdamW with linear warm-up, gradient clipping, EMA weights (diffusers ``EMAModel``).
 - Exact resume: the data stream and every random draw of step ``s`` are functions of
   (seed, s, rank), so restoring weights, optimizer, schedule and EMA continues the same run.
@@ -33,12 +36,20 @@ from lumiere.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoi
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.diffusion import DiffusionObjective, drop_captions
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
+from lumiere.models.ssr import (
+    SSRCondition,
+    build_ssr_stunet,
+    check_ssr_stunet,
+    ssr_model_input,
+    training_condition,
+)
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import TextEncoder, load_text_encoder
 
 logger = logging.getLogger(__name__)
 
 _SHAPES_LENGTH = 2**31 - 1  # synthetic clips: every global index is a fresh clip
+_SSR_SAMPLE_CLIPS = 4  # held-out data clips upsampled as the ssr stage's samples
 
 
 class TrainingStopped(RuntimeError):
@@ -147,6 +158,14 @@ def resolve_model_dir(path: str | Path, component: str) -> Path:
     raise FileNotFoundError(f"model.init_from={str(path)!r} holds no {component} model (no config.json)")
 
 
+def _inflation_options(config: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments of ``STUNet.from_unet2d`` for the config's preset and overrides."""
+    options = dict(STUNET_PRESETS.get(config.model.preset, {}))
+    if config.model.temporal_attention_layers is not None:
+        options["temporal_attention_layers"] = config.model.temporal_attention_layers
+    return options
+
+
 def build_model(config: TrainConfig) -> torch.nn.Module:
     """The network of the stage, initialised as the config says (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
@@ -154,25 +173,63 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         if config.model.init_from:
             return UNet2DConditionModel.from_pretrained(resolve_model_dir(config.model.init_from, "unet"))
         return build_unet2d(config.model.preset)
-    if config.stage == "stunet":
+    if config.stage in ("stunet", "ssr"):
         source = Path(config.model.init_from)
+        component = "stunet" if config.stage == "stunet" else "ssr"
         if _is_image_model_dir(source) or _is_image_model_dir(source / "unet"):
             image_model = UNet2DConditionModel.from_pretrained(resolve_model_dir(source, "unet"))
-            options = dict(STUNET_PRESETS.get(config.model.preset, {}))
-            if config.model.temporal_attention_layers is not None:
-                options["temporal_attention_layers"] = config.model.temporal_attention_layers
-            model = STUNet.from_unet2d(image_model, **options)
-            logger.info("inflated the image model of %s into a STUNet", source)
+            if config.stage == "stunet":
+                model = STUNet.from_unet2d(image_model, **_inflation_options(config))
+            else:  # inflated without temporal resizing, widened for the low-res clip (Sec. 3.2)
+                model = build_ssr_stunet(image_model, **_inflation_options(config))
+            logger.info("inflated the image model of %s into a %s STUNet", source, config.stage)
         else:
-            model = STUNet.from_pretrained(resolve_model_dir(source, "stunet"))
+            model = STUNet.from_pretrained(resolve_model_dir(source, component))
+            if config.stage == "ssr":
+                check_ssr_stunet(model, name=f"model.init_from={str(source)!r}")
         model.freeze_spatial(config.model.freeze_spatial)
+        if config.stage == "ssr":
+            # The widened input conv is the only way the low-res clip enters: it always trains.
+            model.conv_in.requires_grad_(True)
         return model
-    raise ValueError(f"stage {config.stage!r} is not implemented yet; implemented: 't2i', 'stunet'")
+    raise ValueError(f"stage {config.stage!r} is not implemented yet; implemented: 't2i', 'stunet', 'ssr'")
 
 
 def model_input(config: TrainConfig, video: torch.Tensor) -> torch.Tensor:
-    """Clean sample of the stage: images ``[b, c, h, w]`` for t2i, videos ``[b, c, f, h, w]`` otherwise."""
+    """Clean sample of the stage: images ``[b, c, h, w]`` for t2i, videos ``[b, c, f, h, w]`` otherwise
+    (for ssr the high-res clip, at ``data.resolution``)."""
     return video[:, :, 0] if config.stage == "t2i" else video
+
+
+def stage_condition(
+    config: TrainConfig, x0: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator
+) -> SSRCondition | None:
+    """Conditioning of the stage beyond text: for ssr, the augmented low-res clip and its level."""
+    if config.stage != "ssr":
+        return None
+    return training_condition(
+        x0, config.model.ssr_scale, config.optim.max_augmentation_level, alphas_cumprod, generator=generator
+    )
+
+
+def forward_model(
+    model: torch.nn.Module,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    states: torch.Tensor,
+    mask: torch.Tensor,
+    condition: SSRCondition | None,
+) -> torch.Tensor:
+    """The network's prediction for a noisy batch, with the stage's conditioning when it has one."""
+    if condition is None:
+        return model(noisy, timesteps, states, encoder_attention_mask=mask).sample
+    return model(
+        ssr_model_input(noisy, condition.video),
+        timesteps,
+        states,
+        encoder_attention_mask=mask,
+        noise_level=condition.noise_level,
+    ).sample
 
 
 def _as_stunet(model: torch.nn.Module) -> STUNet:
@@ -182,23 +239,43 @@ def _as_stunet(model: torch.nn.Module) -> STUNet:
     return STUNet.from_unet2d(model, temporal_resizing=False, temporal_attention_layers=0)
 
 
-def export_model(model: torch.nn.Module, text_encoder: TextEncoder, out_dir: Path) -> Path:
-    """Save the trained network: an image model as ``unet/``, a STUNet as a full pipeline."""
+def _is_ssr(model: torch.nn.Module) -> bool:
+    return isinstance(model, STUNet) and model.noise_level_embedding is not None
+
+
+def export_model(
+    model: torch.nn.Module, text_encoder: TextEncoder, out_dir: Path, ssr_scale: int | None = None
+) -> Path:
+    """Save the trained network: an image model as ``unet/``, a STUNet as a full pipeline, an SSR
+    STUNet as an upsampling-only pipeline (``ssr/``, no base; its ``ssr_scale`` in model_index.json)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model, STUNet):
         from lumiere.pipelines import LumierePipeline
 
-        LumierePipeline.from_stunet(model, text_encoder=text_encoder).save_pretrained(out_dir)
+        if _is_ssr(model):
+            pipe = LumierePipeline.from_stunet(
+                None, text_encoder=text_encoder, ssr=model, ssr_scale=ssr_scale
+            )
+        else:
+            pipe = LumierePipeline.from_stunet(model, text_encoder=text_encoder)
+        pipe.save_pretrained(out_dir)
     else:
         model.save_pretrained(out_dir / "unet")
     return out_dir
 
 
 def write_samples(model, text_encoder, config: TrainConfig, path: Path, device) -> None:
-    """Sample clips of ``config.sample_prompts`` with the given weights, written as one grid video."""
+    """Sample clips of ``config.sample_prompts`` with the given weights, written as one grid video.
+
+    For stage ssr: held-out data clips (with their own captions; ``sample_prompts`` is not used),
+    each shown as low-res (nearest-upsampled) | SSR output | ground truth.
+    """
     from lumiere.data.video_io import make_grid, write_video
     from lumiere.pipelines import LumierePipeline
 
+    if config.stage == "ssr":
+        write_ssr_samples(model, text_encoder, config, path)
+        return
     stunet = _as_stunet(model)
     frames = 1 if config.stage == "t2i" else config.data.num_frames
     pipe = LumierePipeline.from_stunet(stunet, text_encoder=text_encoder)
@@ -214,6 +291,36 @@ def write_samples(model, text_encoder, config: TrainConfig, path: Path, device) 
     ).frames
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, make_grid(clips, nrow=min(4, len(clips))), fps=config.data.fps)
+
+
+def write_ssr_samples(model: STUNet, text_encoder: TextEncoder, config: TrainConfig, path: Path) -> None:
+    """Upsample a few held-out data clips (with their own captions) with the SSR model."""
+    from lumiere.data.video_io import make_grid, write_video
+    from lumiere.models.ssr import downsample_video
+    from lumiere.pipelines import LumierePipeline
+
+    dataset, _ = build_dataset(config)
+    count = min(_SSR_SAMPLE_CLIPS, len(dataset))
+    items = [dataset[len(dataset) - 1 - i] for i in range(count)]  # the end of the stream: rarely trained on
+    high = torch.stack([item["video"] for item in items])  # [n, 3, f, H, W] in [-1, 1]
+    low = downsample_video(high, config.model.ssr_scale)
+    pipe = LumierePipeline.from_stunet(
+        None, text_encoder=text_encoder, ssr=model, ssr_scale=config.model.ssr_scale
+    )
+    pipe.set_progress_bar_config(disable=True)
+    low_frames = ((low + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [n, f, h, w, 3]
+    upsampled = pipe.upsample(
+        low_frames,
+        [item["caption"] for item in items],
+        window=None,
+        num_inference_steps=config.sample_steps,
+        generator=[torch.Generator().manual_seed(i) for i in range(count)],
+    ).frames  # [n, f, H, W, 3]
+    nearest = low_frames.repeat(config.model.ssr_scale, axis=2).repeat(config.model.ssr_scale, axis=3)
+    truth = ((high + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()
+    rows = np.stack([nearest, upsampled, truth], axis=1).reshape(-1, *truth.shape[1:])  # [3n, f, H, W, 3]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, make_grid(rows, nrow=3), fps=config.data.fps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,8 +483,9 @@ def train(
             timesteps = objective.sample_timesteps(x0.shape[0], generator=generator).to(accelerator.device)
             noise = torch.randn(x0.shape, generator=generator).to(accelerator.device)
             noisy = objective.add_noise(x0, noise, timesteps)
+            condition = stage_condition(config, x0, objective.scheduler.alphas_cumprod, generator)
             with accelerator.autocast():
-                prediction = model(noisy, timesteps, states, encoder_attention_mask=mask).sample
+                prediction = forward_model(model, noisy, timesteps, states, mask, condition)
             loss = objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=config.optim.min_snr_gamma)
             accelerator.backward(loss)
             grad_norm = accelerator.clip_grad_norm_(params, config.optim.grad_clip)
@@ -448,7 +556,9 @@ def train(
         ema.store(unwrapped.parameters())
         ema.copy_to(unwrapped.parameters())
         try:
-            model_dir = export_model(unwrapped, text_encoder, output_dir / "model")
+            model_dir = export_model(
+                unwrapped, text_encoder, output_dir / "model", ssr_scale=config.model.ssr_scale
+            )
             write_samples(
                 unwrapped, text_encoder, config, output_dir / "samples" / "final.mp4", accelerator.device
             )

@@ -1,10 +1,20 @@
 """Text-to-video sampling with a STUNet: ``LumierePipeline`` (Bar-Tal et al. 2024, Sec. 3).
 
 prompt -> text encoder -> base STUNet denoising the whole clip at once (any diffusers scheduler,
-classifier-free guidance here, not in the network) -> frames ``[b, f, h, w, 3]`` in [0, 1].
+classifier-free guidance here, not in the network) -> spatial super-resolution (SSR) with
+MultiDiffusion over temporal windows (Sec. 3.2), when an SSR model is present -> frames
+``[b, f, h, w, 3]`` in [0, 1].
 
-Later stages plug into the numbered steps of ``__call__``: spatial super-resolution with
-MultiDiffusion (Sec. 3.2) after step 5, image / mask / video conditioning (Sec. 4) in step 4.
+Image / mask / video conditioning (Sec. 4) plugs into step 4 of ``__call__`` later.
+
+Windows (``lumiere.pipelines.multidiffusion``): at every denoising step the clip is split into
+overlapping temporal windows, the network predicts each, overlapping frames are averaged, and the
+scheduler takes one step on the result. The SSR model always runs this way (memory of one window,
+any length). The base model can too (``window=``), to make clips longer than it was trained on;
+but windows only see each other where they overlap, so motion and appearance are coherent within
+a window and merely continuous across windows: a long clip drifts (e.g. a shape may change colour
+or direction between distant windows). The paper's point is the opposite (one pass over the whole
+clip); use base windows only beyond the training length.
 
 Axis legend:
     b  clips (prompts x videos per prompt)      c  channels
@@ -35,8 +45,21 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from lumiere.models.ssr import (
+    SAMPLING_NOISE_LEVEL,
+    SSRCondition,
+    check_ssr_stunet,
+    make_condition,
+    ssr_model_input,
+)
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
+from lumiere.pipelines.multidiffusion import (
+    DEFAULT_OVERLAP,
+    check_window,
+    multidiffusion_predict,
+    temporal_windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +67,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 MODEL_INDEX = "model_index.json"  # DiffusionPipeline.config_name
 OUTPUT_TYPES = ("np", "pt", "pil")
+SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (configs/ssr_default.yaml)
 
 # Samplers by CLI name: scheduler class and the arguments that make it that sampler.
 # "trailing" spacing starts sampling at the last training timestep, i.e. from pure noise
@@ -82,69 +106,107 @@ class LumierePipelineOutput(BaseOutput):
 
 
 class LumierePipeline(DiffusionPipeline):
-    """Text-to-video with Lumiere's Space-Time U-Net.
+    """Text-to-video with Lumiere's Space-Time U-Net, and spatial super-resolution.
 
-    Components: ``stunet`` (the base ``STUNet``), ``text_encoder`` (a ``lumiere.models.text``
-    ``TextEncoder``) and ``scheduler`` (any diffusers scheduler over the training noise schedule;
-    swap with ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``).
+    Components: ``stunet`` (the base ``STUNet``; None in an upsampling-only pipeline),
+    ``text_encoder`` (a ``lumiere.models.text`` ``TextEncoder``), ``scheduler`` (any diffusers
+    scheduler over the training noise schedule; swap with
+    ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``), and ``ssr`` (the SSR
+    ``STUNet``, ``lumiere.models.ssr``; None when absent). ``ssr_scale`` (saved in
+    model_index.json) is the SSR's upsampling factor.
     """
 
-    model_cpu_offload_seq = "text_encoder->stunet"
+    model_cpu_offload_seq = "text_encoder->stunet->ssr"
+    _optional_components = ["ssr"]
 
-    def __init__(self, stunet: STUNet, text_encoder: TextEncoder, scheduler: SchedulerMixin):
+    def __init__(
+        self,
+        stunet: STUNet | None,
+        text_encoder: TextEncoder,
+        scheduler: SchedulerMixin,
+        ssr: STUNet | None = None,
+        ssr_scale: int = 2,
+    ):
         super().__init__()
-        text_width = _text_width(stunet)
-        if text_width is not None and text_width != text_encoder.dim:
+        if stunet is None and ssr is None:
+            raise ValueError("a LumierePipeline needs a base stunet, an ssr model, or both; got neither")
+        for name, model in (("stunet", stunet), ("ssr", ssr)):
+            text_width = None if model is None else _text_width(model)
+            if text_width is not None and text_width != text_encoder.dim:
+                raise ValueError(
+                    f"text_encoder gives {text_encoder.dim}-d states but the {name}'s cross-attention takes "
+                    f"{text_width}-d; use an encoder of width {text_width}"
+                )
+        if ssr is not None:
+            check_ssr_stunet(ssr)
+        if isinstance(ssr_scale, bool) or not isinstance(ssr_scale, int) or ssr_scale < 1:
             raise ValueError(
-                f"text_encoder gives {text_encoder.dim}-d states but the stunet's cross-attention takes "
-                f"{text_width}-d; use an encoder of width {text_width}"
+                f"ssr_scale={ssr_scale!r}: must be an integer >= 1 (the SSR's upsampling factor)"
             )
-        self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler)
+        self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr)
+        self.register_to_config(ssr_scale=ssr_scale)
 
     @classmethod
     def from_stunet(
         cls,
-        stunet: STUNet,
+        stunet: STUNet | None,
         text_encoder: TextEncoder | None = None,  # default: MiniLM (load_text_encoder(None))
         scheduler: SchedulerMixin | None = None,  # default: DPM-Solver++ over the training schedule
+        ssr: STUNet | None = None,  # SSR model (lumiere.models.ssr.build_ssr_stunet), optional
+        ssr_scale: int | None = None,  # the SSR's upsampling factor; default 2
     ) -> LumierePipeline:
-        """A pipeline around a STUNet, with default text encoder and sampler where not given."""
+        """A pipeline around a STUNet (and an SSR), with default text encoder and sampler where not given."""
         return cls(
             stunet=stunet,
             text_encoder=text_encoder if text_encoder is not None else load_text_encoder(None),
             scheduler=scheduler if scheduler is not None else make_sampling_scheduler("dpm++"),
+            ssr=ssr,
+            ssr_scale=2 if ssr_scale is None else ssr_scale,
         )
+
+    @property
+    def ssr_scale(self) -> int:
+        """Height and width factor of the SSR model (its training ``model.ssr_scale``)."""
+        return int(self.config.ssr_scale)
+
+    def _networks(self) -> list[STUNet]:
+        return [model for model in (self.stunet, self.ssr) if model is not None]
 
     # ----- placement --------------------------------------------------------------------------
 
     def to(
         self, device: str | torch.device | torch.dtype | None = None, dtype: torch.dtype | None = None
     ) -> LumierePipeline:
-        """Move the networks to ``device``; ``dtype`` casts the STUNet only (the text encoder keeps
-        its own precision; its states are cast when fed to the STUNet). ``pipe.to(torch.bfloat16)``
+        """Move the networks to ``device``; ``dtype`` casts the STUNets only (the text encoder keeps
+        its own precision; its states are cast when fed to a STUNet). ``pipe.to(torch.bfloat16)``
         works too. (diffusers' own ``to`` expects every component to be a diffusers model.)"""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         if device is not None:
             self.text_encoder.to(device)
-        self.stunet.to(device=device, dtype=dtype)
+        for model in self._networks():
+            model.to(device=device, dtype=dtype)
         return self
 
     @property
     def dtype(self) -> torch.dtype:
-        """The STUNet's dtype (what the pipeline computes in)."""
-        return self.stunet.dtype
+        """The base STUNet's dtype (the SSR's in an upsampling-only pipeline)."""
+        return self._networks()[0].dtype
 
     # ----- save / load ------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Write ``stunet/``, ``text_encoder/``, ``scheduler/`` and ``model_index.json``.
+        """Write ``stunet/``, ``text_encoder/``, ``scheduler/``, ``ssr/`` (when present) and
+        ``model_index.json`` (component classes and ``ssr_scale``).
 
         ``kwargs`` go to ``STUNet.save_pretrained`` (e.g. ``variant``); weights are safetensors.
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.stunet.save_pretrained(directory / "stunet", safe_serialization=True, **kwargs)
+        for name in ("stunet", "ssr"):
+            model = getattr(self, name)
+            if model is not None:
+                model.save_pretrained(directory / name, safe_serialization=True, **kwargs)
         self.text_encoder.save_pretrained(directory / "text_encoder")
         self.scheduler.save_pretrained(directory / "scheduler")
         self.save_config(directory)  # model_index.json: class names of the components
@@ -158,7 +220,8 @@ class LumierePipeline(DiffusionPipeline):
         """Load a directory written by ``save_pretrained``; no path: the model shipped in the package.
 
         Only local directories are read (nothing is downloaded). The scheduler's class comes from
-        its saved ``_class_name`` and must be a diffusers scheduler.
+        its saved ``_class_name`` and must be a diffusers scheduler. ``ssr/`` is loaded when
+        model_index.json lists it (directories saved before SSR existed load without one).
         """
         if path is None:
             if not (DEFAULT_MODEL_DIR / MODEL_INDEX).is_file():
@@ -173,14 +236,28 @@ class LumierePipeline(DiffusionPipeline):
                 f"{directory / MODEL_INDEX} not found: {str(directory)!r} is not a directory written by "
                 "LumierePipeline.save_pretrained"
             )
-        for sub in ("stunet", "text_encoder", "scheduler"):
+        index = json.loads((directory / MODEL_INDEX).read_text())
+        listed = {name: _is_listed(index.get(name)) for name in ("stunet", "ssr")}
+        if "stunet" not in index:  # written before the base model became optional
+            listed["stunet"] = True
+        required = ["text_encoder", "scheduler"] + [name for name, present in listed.items() if present]
+        for sub in required:
             if not (directory / sub).is_dir():
                 raise FileNotFoundError(f"{directory} has no {sub}/ folder; it is not a complete pipeline")
 
-        stunet = STUNet.from_pretrained(directory / "stunet", torch_dtype=torch_dtype)
+        models = {
+            name: STUNet.from_pretrained(directory / name, torch_dtype=torch_dtype) if present else None
+            for name, present in listed.items()
+        }
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
         scheduler = _load_scheduler(directory / "scheduler")
-        pipe = cls(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler)
+        pipe = cls(
+            stunet=models["stunet"],
+            text_encoder=text_encoder,
+            scheduler=scheduler,
+            ssr=models["ssr"],
+            ssr_scale=int(index.get("ssr_scale", 2)),
+        )
         pipe.register_to_config(_name_or_path=str(directory))
         return pipe
 
@@ -198,19 +275,14 @@ class LumierePipeline(DiffusionPipeline):
         num_videos_per_prompt: int,
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
+        window: int | None = None,
     ) -> list[str]:
         """Raise ``ValueError`` naming the bad argument and what it accepts; return the prompts."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("prompt is an empty list; give at least one non-empty prompt")
-        for p in prompts:
-            if not isinstance(p, str):
-                raise ValueError(f"prompt must be a string or a list of strings, got {type(p).__name__}")
-            if not p.strip():
-                raise ValueError(
-                    f"prompt {p!r} is empty; use a non-empty prompt (the empty prompt is the "
-                    "unconditional input of guidance: pass negative_prompt to change it)"
-                )
+        if self.stunet is None:
+            raise ValueError(
+                "this pipeline has no base stunet (an upsampling-only pipeline): use pipe.upsample(video, prompt)"
+            )
+        prompts = _check_prompts(prompt)
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             if len(negative_prompt) != len(prompts):
                 raise ValueError(
@@ -218,10 +290,16 @@ class LumierePipeline(DiffusionPipeline):
                     "give one string, or one per prompt"
                 )
         factor = self.stunet.temporal_factor
-        if num_frames < 1 or num_frames % factor:
+        if window is not None and window % factor:
+            raise ValueError(
+                f"window={window}: this STUNet takes windows of a positive multiple of {factor} frames "
+                f"(e.g. {factor}, {2 * factor}, {8 * factor})"
+            )
+        windowed = window is not None and window < num_frames  # else the whole clip is one pass
+        if num_frames < 1 or (not windowed and num_frames % factor):
             raise ValueError(
                 f"num_frames={num_frames}: this STUNet takes a positive multiple of {factor} "
-                f"(e.g. {factor}, {2 * factor}, {8 * factor})"
+                f"(e.g. {factor}, {2 * factor}, {8 * factor}), or any count longer than a window"
             )
         space = self.stunet.spatial_factor
         for name, size in (("height", height), ("width", width)):
@@ -300,24 +378,67 @@ class LumierePipeline(DiffusionPipeline):
         cond: TextEncoding,
         uncond: TextEncoding | None,
         guidance_scale: float,
+        model: STUNet | None = None,  # default: the base stunet
+        condition: SSRCondition | None = None,  # the SSR's low-res clip and its augmentation level
+        windows: Sequence[slice] | None = None,  # temporal windows (MultiDiffusion); None: one pass
+        chunk_size: int = 1,  # windows per network call
     ) -> torch.Tensor:
         """Guided network output ``[b, c, f, h, w]`` float32 at ``timestep``.
 
         Classifier-free guidance (Ho & Salimans 2022, Eq. 6): uncond + s * (cond - uncond), the
         two branches in one batch of 2b. Applied to whatever the network predicts (v here): it is
-        linear in the prediction.
+        linear in the prediction. With ``windows``, each window is predicted on its own and
+        overlapping frames are averaged (MultiDiffusion, ``multidiffusion_predict``).
         """
-        dtype = self.stunet.dtype
+        model = self.stunet if model is None else model
         model_input = self.scheduler.scale_model_input(sample, timestep)
+
+        def model_fn(chunk: torch.Tensor, chunk_windows: Sequence[slice]) -> torch.Tensor:
+            # chunk [k*b, c, w, h, w]: k windows of the b clips, window-major.
+            k = len(chunk_windows)
+            tile = lambda x: x.repeat(k, *([1] * (x.ndim - 1)))  # noqa: E731  [b, ...] -> [k*b, ...]
+            noise_level = None
+            if condition is not None:
+                video = torch.cat([condition.video[:, :, window] for window in chunk_windows])
+                chunk = ssr_model_input(chunk, video)  # [k*b, c + 3, w, h, w]
+                noise_level = tile(condition.noise_level)
+            return self._guided_output(
+                model,
+                chunk,
+                timestep,
+                TextEncoding(*map(tile, cond)),
+                None if uncond is None else TextEncoding(*map(tile, uncond)),
+                guidance_scale,
+                noise_level,
+            )
+
+        if windows is None:
+            return model_fn(model_input, [slice(0, sample.shape[2])])
+        return multidiffusion_predict(model_fn, model_input, windows, chunk_size)
+
+    def _guided_output(
+        self,
+        model: STUNet,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        cond: TextEncoding,
+        uncond: TextEncoding | None,
+        guidance_scale: float,
+        noise_level: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One network call with classifier-free guidance: ``[b, c_in, f, h, w] -> [b, c_out, f, h, w]``."""
+        dtype = model.dtype
         states, mask = cond
         if uncond is not None:
             model_input = torch.cat([model_input, model_input])  # [2b, c, f, h, w]
             states, mask = torch.cat([uncond.states, states]), torch.cat([uncond.mask, mask])
-        output = self.stunet(
+            noise_level = None if noise_level is None else torch.cat([noise_level, noise_level])
+        output = model(
             model_input.to(dtype),
             timestep,
             encoder_hidden_states=states.to(dtype),
             encoder_attention_mask=mask,
+            noise_level=noise_level,
         ).sample.float()
         if uncond is None:
             return output
@@ -332,8 +453,16 @@ class LumierePipeline(DiffusionPipeline):
         guidance_scale: float,
         generator: torch.Generator | list[torch.Generator] | None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None,
+        model: STUNet | None = None,  # default: the base stunet
+        condition: SSRCondition | None = None,  # SSR conditioning
+        windows: Sequence[slice] | None = None,  # MultiDiffusion windows; None: the whole clip at once
+        chunk_size: int = 1,  # windows per network call
     ) -> torch.Tensor:
-        """Run the scheduler from noise ``[b, c, f, h, w]`` to a clean sample of the same shape."""
+        """Run the scheduler from noise ``[b, c, f, h, w]`` to a clean sample of the same shape.
+
+        With ``windows``, every step combines the window predictions first, then takes one ordinary
+        scheduler step on the whole clip: any diffusers scheduler works.
+        """
         timesteps = self.scheduler.timesteps
         # Stochastic samplers draw noise in step(); diffusers schedulers take the generator(s)
         # as a keyword where they need them, and not all of them accept it.
@@ -342,7 +471,9 @@ class LumierePipeline(DiffusionPipeline):
             step_kwargs["generator"] = list(generator) if isinstance(generator, tuple) else generator
         with self.progress_bar(total=len(timesteps)) as progress:
             for step, timestep in enumerate(timesteps):
-                model_output = self.predict(sample, timestep, cond, uncond, guidance_scale)
+                model_output = self.predict(
+                    sample, timestep, cond, uncond, guidance_scale, model, condition, windows, chunk_size
+                )
                 sample = self.scheduler.step(model_output, timestep, sample, **step_kwargs).prev_sample
                 if callback is not None:
                     callback(step, timestep, sample)
@@ -361,6 +492,194 @@ class LumierePipeline(DiffusionPipeline):
         pixels = (array * 255).round().astype(np.uint8)
         return [[PIL.Image.fromarray(frame) for frame in clip] for clip in pixels]
 
+    # ----- spatial super-resolution -----------------------------------------------------------
+
+    def check_ssr_inputs(
+        self,
+        num_frames: int,
+        height: int,
+        width: int,
+        window: int | None,
+        overlap: int,
+        chunk_size: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        noise_level: int,
+        names: Mapping[str, str] | None = None,  # argument names as the caller spells them
+    ) -> list[slice] | None:
+        """Raise ``ValueError`` naming the bad argument; return the SSR's temporal windows (None:
+        the whole clip in one pass). A clip no longer than ``window`` is a single window."""
+        keys = ("window", "overlap", "chunk_size", "num_inference_steps", "guidance_scale", "noise_level")
+        name = {key: key for key in keys} | dict(names or {})
+        if self.ssr is None:
+            raise ValueError("this pipeline has no SSR model (ssr is None); load one that has an ssr/ folder")
+        space = self.ssr.spatial_factor
+        for label, size in (("height", height), ("width", width)):
+            if size < 1 or size % space:
+                raise ValueError(
+                    f"{label}={size // self.ssr_scale} upsampled x{self.ssr_scale} is {size}, which the SSR model "
+                    f"cannot take: the output {label} must be a positive multiple of {space}"
+                )
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(
+                f"{name['chunk_size']}={chunk_size!r}: must be an integer >= 1 (windows per call)"
+            )
+        if num_inference_steps < 1:
+            raise ValueError(f"{name['num_inference_steps']}={num_inference_steps}: must be >= 1")
+        if guidance_scale < 0:
+            raise ValueError(
+                f"{name['guidance_scale']}={guidance_scale}: must be >= 0 (<= 1 means no guidance)"
+            )
+        levels = len(_alphas_cumprod(self.scheduler))
+        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level < levels:
+            raise ValueError(
+                f"{name['noise_level']}={noise_level!r}: must be an integer timestep in [0, {levels - 1}] "
+                f"(augmentation of the low-res clip; default {SAMPLING_NOISE_LEVEL})"
+            )
+        if window is None:
+            return None
+        check_window(window, overlap, names=(name["window"], name["overlap"]))
+        if window >= num_frames:
+            return [slice(0, num_frames)]
+        return temporal_windows(num_frames, window, overlap)
+
+    def super_resolve(
+        self,
+        low_res: torch.Tensor,
+        cond: TextEncoding,
+        uncond: TextEncoding | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+        noise_level: int,
+        windows: Sequence[slice] | None,
+        chunk_size: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """SSR sampling: low-res clip ``[b, 3, f, h, w]`` in [-1, 1] -> high-res ``[b, 3, f, H, W]``.
+
+        Draws, per clip from its generator: the initial noise, then the augmentation noise of the
+        low-res clip (fixed level ``noise_level`` for every clip).
+        """
+        device = self._execution_device
+        batch, _, num_frames, height, width = low_res.shape
+        size = (height * self.ssr_scale, width * self.ssr_scale)
+        shape = (batch, self.ssr.out_channels, num_frames, *size)
+
+        # 1. Timesteps and initial noise [b, c, f, H, W].
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        sample = self.prepare_noise(shape, generator, None, device)
+
+        # 2. Conditioning: the upsampled low-res clip, noise-augmented at a fixed level.
+        generators = generator if isinstance(generator, (list, tuple)) else [generator] * batch
+        augmentation = torch.cat([_randn((1, 3, *shape[2:]), g, device) for g in generators])
+        levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
+        condition = make_condition(
+            low_res.to(device=device, dtype=torch.float32),
+            size,
+            levels,
+            augmentation,
+            _alphas_cumprod(self.scheduler),
+        )
+        del augmentation
+
+        # 3. Denoising, window by window at every step.
+        return self.denoise(
+            sample,
+            cond,
+            uncond,
+            guidance_scale,
+            generator,
+            None,
+            model=self.ssr,
+            condition=condition,
+            windows=windows,
+            chunk_size=chunk_size,
+        )
+
+    @torch.no_grad()
+    def upsample(
+        self,
+        video: np.ndarray | torch.Tensor,  # low-res clips [b, f, h, w, 3] in [0, 1] (float) or uint8
+        prompt: str | list[str],  # one prompt for every clip, or one per clip
+        window: int | None = SSR_WINDOW,  # frames per temporal window; None: the whole clip in one pass
+        overlap: int = DEFAULT_OVERLAP,  # frames shared by neighbouring windows (paper: 2)
+        chunk_size: int = 1,  # windows per network call: more is faster on a GPU, costs memory
+        num_inference_steps: int = 25,
+        guidance_scale: float = 1.0,  # the low-res clip fixes the content; <= 1 skips the unconditional pass
+        negative_prompt: str | list[str] | None = None,  # default: the empty prompt
+        noise_level: int = SAMPLING_NOISE_LEVEL,  # augmentation of the low-res clip (a timestep, 0: none)
+        generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per clip
+        output_type: str = "np",  # "np", "pt" or "pil"
+        return_dict: bool = True,
+    ) -> LumierePipelineOutput | tuple:
+        """Upsample given clips ``ssr_scale`` times in height and width with the SSR model alone.
+
+        The clip is split into overlapping temporal windows of ``window`` frames (a clip no longer
+        than ``window`` is one window) and denoised with MultiDiffusion, so memory is that of
+        ``chunk_size`` windows for any clip length. Returns ``LumierePipelineOutput(frames)`` with
+        frames ``[b, f, h * ssr_scale, w * ssr_scale, 3]`` in [0, 1], as ``pipe(...)`` does.
+        """
+        # 0. Input checks.
+        low_res = _video_to_tensor(video)  # [b, 3, f, h, w] in [-1, 1]
+        batch, _, num_frames, height, width = low_res.shape
+        prompts = _check_prompts(prompt)
+        if len(prompts) == 1:
+            prompts = prompts * batch
+        if len(prompts) != batch:
+            raise ValueError(
+                f"prompt has {len(prompts)} entries for {batch} clips; give one string, or one per clip"
+            )
+        if (
+            negative_prompt is not None
+            and not isinstance(negative_prompt, str)
+            and len(negative_prompt) != batch
+        ):
+            raise ValueError(
+                f"negative_prompt has {len(negative_prompt)} entries for {batch} clips; give one string, or one per clip"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+        if isinstance(generator, (list, tuple)) and len(generator) != batch:
+            raise ValueError(
+                f"generator is a list of {len(generator)}; give one generator per clip ({batch}) or one"
+            )
+        windows = self.check_ssr_inputs(
+            num_frames,
+            height * self.ssr_scale,
+            width * self.ssr_scale,
+            window,
+            overlap,
+            chunk_size,
+            num_inference_steps,
+            guidance_scale,
+            noise_level,
+        )
+
+        # 1. Text states per clip.
+        device = self._execution_device
+        do_guidance = guidance_scale > 1.0
+        cond, uncond = self.encode_prompt(prompts, negative_prompt, 1, do_guidance, device)
+
+        # 2. SSR with MultiDiffusion over time.
+        sample = self.super_resolve(
+            low_res,
+            cond,
+            uncond,
+            guidance_scale,
+            num_inference_steps,
+            noise_level,
+            windows,
+            chunk_size,
+            generator,
+        )
+
+        # 3. Frames.
+        frames = self.postprocess(sample, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return LumierePipelineOutput(frames=frames)
+
     # ----- call -------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -368,8 +687,8 @@ class LumierePipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         num_frames: int = 16,
-        height: int | None = None,  # default: the STUNet's sample size
-        width: int | None = None,  # default: the STUNet's sample size
+        height: int | None = None,  # base height; default: the STUNet's sample size (x ssr_scale after SSR)
+        width: int | None = None,  # base width; default: the STUNet's sample size (x ssr_scale after SSR)
         num_inference_steps: int = 25,
         guidance_scale: float = 5.0,  # <= 1: no guidance (the unconditional pass is skipped)
         negative_prompt: str | list[str] | None = None,  # default: the empty prompt
@@ -379,14 +698,35 @@ class LumierePipeline(DiffusionPipeline):
         output_type: str = "np",  # "np", "pt" or "pil"
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,  # (step, timestep, sample)
         return_dict: bool = True,
+        window: int
+        | None = None,  # base windows (MultiDiffusion) for clips longer than training; None: one pass
+        overlap: int | None = None,  # frames shared by base windows; default window // 2
+        chunk_size: int = 1,  # base windows per network call
+        upsample: bool = True,  # run the SSR model after the base model, when the pipeline has one
+        ssr_window: int | None = SSR_WINDOW,  # SSR frames per temporal window; None: the whole clip at once
+        ssr_overlap: int = DEFAULT_OVERLAP,  # frames shared by SSR windows (paper: 2)
+        ssr_chunk_size: int = 1,  # SSR windows per network call
+        ssr_steps: int | None = None,  # SSR denoising steps; default num_inference_steps
+        ssr_guidance_scale: float = 1.0,  # SSR guidance (the low-res clip fixes the content)
+        ssr_noise_level: int = SAMPLING_NOISE_LEVEL,  # augmentation of the base clip fed to the SSR
     ) -> LumierePipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` clips of ``num_frames`` frames.
 
+        The base model denoises the whole clip at once (or, with ``window``, overlapping windows
+        reconciled by MultiDiffusion: coherent within a window, only continuous across windows;
+        see the module docstring). Then, if the pipeline has an SSR model and ``upsample`` is
+        True, the SSR model upsamples it ``ssr_scale`` times with MultiDiffusion over
+        ``ssr_window``-frame windows.
+
         Returns ``LumierePipelineOutput(frames)`` (``[b, f, h, w, 3]`` in [0, 1]), or ``(frames,)``
         when ``return_dict`` is False. Same generator seeds give the same clips, whatever else is
-        in the batch (up to float rounding).
+        in the batch (up to float rounding). ``callback`` sees the base model's steps.
         """
         # 0. Defaults and input checks.
+        if self.stunet is None:
+            raise ValueError(
+                "this pipeline has no base stunet (an upsampling-only pipeline): use pipe.upsample(video, prompt)"
+            )
         default_height, default_width = _sample_size(self.stunet)
         height = default_height if height is None else height
         width = default_width if width is None else width
@@ -401,11 +741,47 @@ class LumierePipeline(DiffusionPipeline):
             num_videos_per_prompt,
             generator,
             output_type,
+            window=window,
         )
         if self.stunet.in_channels != self.stunet.out_channels:
             raise ValueError(
                 f"this STUNet takes {self.stunet.in_channels - self.stunet.out_channels} conditioning "
                 "channels (image / mask / video conditioning), which text-to-video sampling does not supply"
+            )
+        windows = None
+        if window is not None:
+            overlap = window // 2 if overlap is None else overlap
+            check_window(window, overlap)
+            windows = (
+                [slice(0, num_frames)]
+                if window >= num_frames
+                else temporal_windows(num_frames, window, overlap)
+            )
+        elif overlap is not None:
+            raise ValueError(
+                f"overlap={overlap} is given without window; overlap applies to base windows only"
+            )
+        run_ssr = upsample and self.ssr is not None
+        ssr_steps = num_inference_steps if ssr_steps is None else ssr_steps
+        if run_ssr:
+            ssr_windows = self.check_ssr_inputs(
+                num_frames,
+                height * self.ssr_scale,
+                width * self.ssr_scale,
+                ssr_window,
+                ssr_overlap,
+                ssr_chunk_size,
+                ssr_steps,
+                ssr_guidance_scale,
+                ssr_noise_level,
+                names={
+                    "window": "ssr_window",
+                    "overlap": "ssr_overlap",
+                    "chunk_size": "ssr_chunk_size",
+                    "num_inference_steps": "ssr_steps",
+                    "guidance_scale": "ssr_guidance_scale",
+                    "noise_level": "ssr_noise_level",
+                },
             )
         device = self._execution_device
         do_guidance = guidance_scale > 1.0
@@ -423,10 +799,30 @@ class LumierePipeline(DiffusionPipeline):
         shape = (num_clips, self.stunet.out_channels, num_frames, height, width)
         sample = self.prepare_noise(shape, generator, noise, device)
 
-        # 4. Denoising loop over the whole clip at once (the base model sees every frame).
-        sample = self.denoise(sample, cond, uncond, guidance_scale, generator, callback)
+        # 4. Denoising loop: the whole clip at once (the base model sees every frame), or windows.
+        sample = self.denoise(
+            sample, cond, uncond, guidance_scale, generator, callback, windows=windows, chunk_size=chunk_size
+        )
 
-        # 5. Frames.
+        # 5. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
+        if run_ssr:
+            ssr_guidance = ssr_guidance_scale > 1.0
+            ssr_cond, ssr_uncond = self.encode_prompt(
+                prompts, negative_prompt, num_videos_per_prompt, ssr_guidance, device
+            )
+            sample = self.super_resolve(
+                sample.clamp(-1, 1),
+                ssr_cond,
+                ssr_uncond,
+                ssr_guidance_scale,
+                ssr_steps,
+                ssr_noise_level,
+                ssr_windows,
+                ssr_chunk_size,
+                generator,
+            )
+
+        # 6. Frames.
         frames = self.postprocess(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -437,6 +833,61 @@ class LumierePipeline(DiffusionPipeline):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_prompts(prompt: str | list[str]) -> list[str]:
+    """The prompts as a list; ``ValueError`` for an empty list or an empty / non-string prompt."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("prompt is an empty list; give at least one non-empty prompt")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise ValueError(f"prompt must be a string or a list of strings, got {type(p).__name__}")
+        if not p.strip():
+            raise ValueError(
+                f"prompt {p!r} is empty; use a non-empty prompt (the empty prompt is the "
+                "unconditional input of guidance: pass negative_prompt to change it)"
+            )
+    return prompts
+
+
+def _video_to_tensor(video: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Clips ``[b, f, h, w, 3]`` (float in [0, 1], or uint8) -> float32 ``[b, 3, f, h, w]`` in [-1, 1]."""
+    if isinstance(video, np.ndarray):
+        video = torch.from_numpy(video)
+    if not isinstance(video, torch.Tensor):
+        raise ValueError(
+            f"video must be a numpy array or torch tensor [b, f, h, w, 3], got {type(video).__name__}"
+        )
+    if video.ndim != 5 or video.shape[-1] != 3 or min(video.shape[:4]) < 1:
+        raise ValueError(
+            f"video must be [b, f, h, w, 3] (clips of RGB frames), got shape {tuple(video.shape)}; "
+            "add a batch axis for a single clip: video[None]"
+        )
+    if video.dtype == torch.uint8:
+        video = video.float() / 255
+    elif video.dtype.is_floating_point:
+        video = video.float()
+        if not bool(torch.isfinite(video).all()) or video.min() < 0 or video.max() > 1:
+            raise ValueError("video must hold values in [0, 1] (float) or 0..255 (uint8)")
+    else:
+        raise ValueError(f"video must be float in [0, 1] or uint8, got dtype {video.dtype}")
+    return (video * 2 - 1).permute(0, 4, 1, 2, 3).contiguous()  # [b, f, h, w, 3] -> [b, 3, f, h, w]
+
+
+def _alphas_cumprod(scheduler: SchedulerMixin) -> torch.Tensor:
+    """``[T]`` alpha_bar of the scheduler's (training) noise schedule: the augmentation levels."""
+    table = getattr(scheduler, "alphas_cumprod", None)
+    if table is None:
+        raise ValueError(
+            f"{type(scheduler).__name__} has no alphas_cumprod; use a DDPM-family diffusers scheduler"
+        )
+    return torch.as_tensor(table)
+
+
+def _is_listed(entry: Any) -> bool:
+    """Whether a model_index.json entry names a component (``[library, class]``, not ``[null, null]``)."""
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

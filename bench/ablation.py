@@ -1,0 +1,497 @@
+"""The paper's ablation at small scale (issue 7, figure 5): one pass over the whole clip against a
+keyframes + temporal super-resolution cascade and against UNet3DConditionModel, at equal training
+wall-clock on MovingShapes.
+
+Lumiere's claim (Bar-Tal et al. 2024, Sec. 1 and 3): a base model that sees every frame at once gives
+globally coherent motion, where a cascade that makes distant keyframes and fills in with temporal
+super-resolution (TSR) cannot recover fast or periodic motion aliased away between keyframes.
+Bouncing shapes (periodic up-down motion) are the test: with one keyframe every 4 frames, a
+bounce of 1.5-2.5 periods per 16 frames is close to aliasing.
+
+Arms (each trained for ``--minutes`` of wall-clock, same data stream, same recipe as
+``lumiere.train``: v-prediction, min-SNR weights, caption dropout, AdamW with warm-up, EMA):
+
+- ``stunet``: our STUNet (``--preset``), one pass over the whole clip;
+- ``cascade``: a base STUNet of the same preset trained on every ``--stride``-th frame, and a TSR
+  model that fills in: the same preset inflated *without* temporal resizing (every frame at every
+  level, like the SSR) and conditioned as the paper's conditional model is (Sec. 4): its first
+  conv is widened (``STUNet.widen_input``) to take concat(noisy clip, C, M), C = each keyframe held
+  until the next (nearest-frame upsampling), M = 1 on keyframes. Keyframes are noised during
+  training and the level is embedded (``noise_level_conditioning``): conditioning augmentation
+  (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 3.2), so the TSR copes with generated
+  keyframes. The two models split the arm's budget (``--tsr-share`` to the TSR);
+- ``unet3d``: diffusers UNet3DConditionModel at the STUNet's parameter count (``peers.py``).
+
+With ``--init-from`` (an image model saved by ``lumiere train`` stage t2i) every arm starts from the
+same image weights: the STUNets inflate it; the UNet3D takes the image model's widths and loads
+every spatial weight whose name and shape agree (diffusers' 3-D blocks keep the 2-D names).
+
+Reported per arm: steps and clips seen, final loss, probe accuracy (all attributes, motion),
+motion accuracy on bouncing prompts on their own, temporal consistency of generated and real clips,
+Frechet probe distance to real clips, sampling seconds per clip. Writes ``results.json`` and a grid
+video per arm to ``--out``.
+
+    python bench/ablation.py --minutes 60 --threads 2 --out runs/ablation      # ~3 h of training
+    python bench/ablation.py --init-from runs/t2i_default/model --minutes 60 --out runs/ablation_init
+    python bench/ablation.py --preset tiny --resolution 16 --frames 8 --minutes 0.05 \\
+        --eval-count 2 --bouncing-count 1 --eval-steps 2 --out /tmp/ablation_smoke   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel, UNet3DConditionModel
+from diffusers.training_utils import EMAModel
+from torch import nn
+
+import harness
+import peers
+from loops import MIN_SNR_GAMMA, guided_sample
+from lumiere.data.shapes import MovingShapes, parse_caption, random_caption
+from lumiere.diffusion import DiffusionObjective, drop_captions
+from lumiere.eval.evaluate import draw_prompts, frechet_distance, probe_features, real_clips_for
+from lumiere.eval.probe import ATTRIBUTES, probe_clip, score
+from lumiere.models.presets import STUNET_PRESETS, build_unet2d
+from lumiere.models.stunet import STUNet
+from lumiere.models.text import NULL_PROMPT, load_text_encoder
+from lumiere.train import resolve_model_dir, step_generator
+
+ARMS = ("stunet", "cascade", "unet3d")
+CONDITION_CHANNELS = 4  # C (3: keyframes held to the next one) + M (1: 1 on keyframes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The TSR model of the cascade.
+# ---------------------------------------------------------------------------------------------
+
+
+class KeyframeTSR(nn.Module):
+    """Temporal super-resolution: a STUNet without temporal resizing, conditioned on keyframes.
+
+    ``forward(video [b, 3, f, h, w], timestep [b], text [b, n, d], conditioning [b, 4, f, h, w],
+    noise_level [b]) -> [b, 3, f, h, w]``; ``conditioning`` comes from ``condition(keyframes)``.
+    """
+
+    frame_multiple = 1
+
+    def __init__(self, stunet: STUNet, stride: int):
+        super().__init__()
+        if stunet.temporal_factor != 1:
+            raise ValueError("the TSR must keep every frame: build its STUNet with temporal_resizing=False")
+        stunet.widen_input(CONDITION_CHANNELS)  # zero weights: starts as the unconditional model
+        self.net = stunet
+        self.stride = stride
+
+    def condition(self, keyframes: torch.Tensor) -> torch.Tensor:
+        """Keyframes ``[b, 3, k, h, w]`` (frames 0, s, 2s, ...) -> C and M ``[b, 4, k*s, h, w]``."""
+        held = keyframes.repeat_interleave(self.stride, dim=2)  # [b, 3, f, h, w]
+        mask = torch.zeros_like(held[:, :1])  # [b, 1, f, h, w]
+        mask[:, :, :: self.stride] = 1
+        return torch.cat([held, mask], dim=1)
+
+    def forward(self, video, timestep, text, conditioning, noise_level):
+        model_input = torch.cat([video, conditioning], dim=1)  # [b, 3 + 4, f, h, w]
+        return self.net(model_input, timestep, text, noise_level=noise_level).sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms: which networks, trained on what, for what share of the budget.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One network of an arm, trained for ``share`` of the arm's wall-clock budget."""
+
+    name: str
+    model: nn.Module
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+    share: float
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+def diffusion_loss(
+    objective: DiffusionObjective,
+    model: nn.Module,
+    x0: torch.Tensor,  # [b, c, f, h, w] clean clips
+    text: torch.Tensor,  # [b, n, d]
+    generator: torch.Generator,
+    **model_kwargs: torch.Tensor,
+) -> torch.Tensor:
+    """lumiere.train's loss: v-prediction on the cosine schedule with min-SNR weights."""
+    timesteps = objective.sample_timesteps(x0.shape[0], generator=generator)  # [b]
+    noise = torch.randn(x0.shape, generator=generator)
+    noisy = objective.add_noise(x0, noise, timesteps)
+    prediction = model(noisy, timesteps, text, **model_kwargs)
+    return objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=MIN_SNR_GAMMA)
+
+
+def tsr_loss(objective, stride: int, max_level: int, model, clips, text, generator) -> torch.Tensor:
+    """The TSR's loss: the whole clip, conditioned on its own keyframes noised to a random level."""
+    keyframes = clips[:, :, ::stride]  # [b, 3, k, h, w]
+    level = torch.randint(0, max_level + 1, (clips.shape[0],), generator=generator)  # [b]
+    noisy_keys = objective.add_noise(keyframes, torch.randn(keyframes.shape, generator=generator), level)
+    conditioning = model.condition(noisy_keys)
+    return diffusion_loss(
+        objective, model, clips, text, generator, conditioning=conditioning, noise_level=level
+    )
+
+
+def load_image_model(path: str | None) -> UNet2DConditionModel | None:
+    return None if path is None else UNet2DConditionModel.from_pretrained(resolve_model_dir(path, "unet"))
+
+
+def stunet_of(args, image_model: UNet2DConditionModel | None, **options: Any) -> STUNet:
+    """The preset's STUNet (or ``--init-from``'s image model inflated), with ``options`` overriding."""
+    torch.manual_seed(args.seed)
+    source = (
+        image_model if image_model is not None else build_unet2d(args.preset, sample_size=args.resolution)
+    )
+    stunet = STUNet.from_unet2d(source, **{**STUNET_PRESETS[args.preset], **options})
+    if args.freeze_spatial:
+        stunet.freeze_spatial()
+    return stunet
+
+
+def unet3d_of(args, image_model: UNet2DConditionModel | None) -> nn.Module:
+    """The parameter-matched UNet3D peer, or one with the image model's widths and spatial weights."""
+    if image_model is None:
+        return peers.build("unet3d", args.preset, args.resolution, seed=args.seed)
+    torch.manual_seed(args.seed)
+    image_config = dict(image_model.config)
+    config = peers.unet3d_config(image_config, args.resolution, tuple(image_config["block_out_channels"]))
+    config["norm_num_groups"] = image_config["norm_num_groups"]  # the image model's, so weights mean the same
+    unet3d = UNet3DConditionModel(**config)
+    own, image = unet3d.state_dict(), image_model.state_dict()
+    shared = {k: v for k, v in image.items() if k in own and own[k].shape == v.shape}
+    unet3d.load_state_dict(shared, strict=False)
+    print(f"unet3d: loaded {len(shared)} of the image model's {len(image)} tensors")
+    if args.freeze_spatial:
+        for name, param in unet3d.named_parameters():
+            param.requires_grad_(name not in shared)
+    return peers.UNet3DDenoiser(unet3d)
+
+
+def build_arm(name: str, args, objective: DiffusionObjective, image_model) -> list[Stage]:
+    """The stages of one arm: a single network, or the cascade's base and TSR."""
+
+    def whole_clip(model, clips, text, gen):
+        return diffusion_loss(objective, model, clips, text, gen)
+
+    if name == "stunet":
+        return [Stage("stunet", peers.STUNetDenoiser(stunet_of(args, image_model)), whole_clip, 1.0)]
+    if name == "unet3d":
+        return [Stage("unet3d", unet3d_of(args, image_model), whole_clip, 1.0)]
+    base = peers.STUNetDenoiser(stunet_of(args, image_model))
+    keyframes = args.frames // args.stride
+    if args.frames % args.stride or keyframes % base.frame_multiple:
+        raise SystemExit(
+            f"--frames {args.frames} / --stride {args.stride} must give a whole number of keyframes that is a "
+            f"multiple of {base.frame_multiple} (the base STUNet's temporal factor)"
+        )
+    tsr = KeyframeTSR(
+        stunet_of(args, image_model, temporal_resizing=False, noise_level_conditioning=True), args.stride
+    )
+
+    def keyframe_loss(model, clips, text, gen):
+        return diffusion_loss(objective, model, clips[:, :, :: args.stride], text, gen)
+
+    def fill_in_loss(model, clips, text, gen):
+        return tsr_loss(objective, args.stride, args.tsr_max_level, model, clips, text, gen)
+
+    return [
+        Stage("cascade/base", base, keyframe_loss, 1.0 - args.tsr_share),
+        Stage("cascade/tsr", tsr, fill_in_loss, args.tsr_share),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training for a wall-clock budget.
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_of(data: MovingShapes, step: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """Clips ``[b, 3, f, h, w]`` and captions of step ``step``: the same stream for every arm."""
+    items = [data[step * size + i] for i in range(size)]
+    return torch.stack([item["video"] for item in items]), [item["caption"] for item in items]
+
+
+def train_stage(stage: Stage, seconds: float, data: MovingShapes, encoder, args) -> None:
+    """Train ``stage.model`` until ``seconds`` of wall-clock are spent; leave the EMA weights in it."""
+    model = stage.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / args.warmup_steps)
+    )
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+    losses: list[float] = []
+    step, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        generator = step_generator(args.seed, step, 0)
+        clips, captions = batch_of(data, step, args.batch)
+        text = encoder.encode(drop_captions(captions, args.caption_dropout, generator=generator)).states
+        loss = stage.loss(model, clips, text, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        warmup.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        losses.append(loss.item())
+        step += 1
+        if step % args.log_every == 0:
+            elapsed = time.monotonic() - start
+            print(
+                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, {elapsed:.0f}/{seconds:.0f} s"
+            )
+    ema.copy_to(model.parameters())  # evaluate the EMA weights, as lumiere exports them
+    model.eval()
+    stage.log = {
+        "steps": step,
+        "clips": step * args.batch,
+        "seconds": time.monotonic() - start,
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "params": peers.parameter_count(model),
+        "trainable_params": sum(p.numel() for p in params),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and scoring.
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_prompts(args) -> tuple[list[str], list[str]]:
+    """(general prompts drawn from the caption grammar, prompts whose motion is bouncing)."""
+    general = draw_prompts(args.eval_count, args.seed)
+    rng = np.random.default_rng([args.seed, 1])
+    bouncing: list[str] = []
+    while len(bouncing) < args.bouncing_count:
+        caption, attributes = random_caption(rng)
+        if attributes["motion"] == "bouncing":
+            bouncing.append(caption)
+    return general, bouncing
+
+
+@torch.no_grad()
+def sample_arm(stages: list[Stage], prompts: list[str], encoder, objective, args) -> list[torch.Tensor]:
+    """One clip ``[3, f, h, w]`` in [-1, 1] per prompt; seeds depend on the prompt index only."""
+    clips: list[torch.Tensor] = []
+    common = dict(num_steps=args.eval_steps, guidance_scale=args.guidance)
+    for first in range(0, len(prompts), args.eval_batch):
+        batch = prompts[first : first + args.eval_batch]
+        n = len(batch)
+        text = encoder.encode(batch).states
+        null_text = encoder.encode([NULL_PROMPT] * n).states
+        seed = args.seed * 100_003 + first
+        shape = (n, 3, args.frames, args.resolution, args.resolution)
+        if len(stages) == 1:
+            out = guided_sample(stages[0].model, shape, text, null_text, seed=seed, **common)
+        else:
+            base, tsr = stages[0].model, stages[1].model
+            key_shape = (n, 3, args.frames // args.stride, args.resolution, args.resolution)
+            keyframes = guided_sample(base, key_shape, text, null_text, seed=seed, **common).clamp(-1, 1)
+            level = torch.full((n,), args.tsr_sample_level)
+            noise = torch.randn(keyframes.shape, generator=torch.Generator().manual_seed(seed))
+            conditioning = tsr.condition(objective.add_noise(keyframes, noise, level))
+            out = guided_sample(
+                tsr,
+                shape,
+                text,
+                null_text,
+                seed=seed + 1,
+                model_kwargs={"conditioning": conditioning, "noise_level": level},
+                **common,
+            )
+        clips.extend(out.clamp(-1, 1))
+    return clips
+
+
+def score_clips(clips, general: list[str], bouncing: list[str], args) -> dict[str, Any]:
+    """Probe accuracy on the general prompts, motion accuracy on the bouncing ones, consistency, FD."""
+    readings = [probe_clip(clip) for clip in clips]
+    general_readings, bouncing_readings = readings[: len(general)], readings[len(general) :]
+    scores = [score(r, p) for r, p in zip(general_readings, general, strict=True)]
+    accuracy = {key: float(np.mean([s[key] for s in scores])) for key in ("object", *ATTRIBUTES, "all")}
+    bounce_scores = [score(r, p)["motion"] for r, p in zip(bouncing_readings, bouncing, strict=True)]
+    other_motion = [
+        s["motion"] for s, p in zip(scores, general, strict=True) if parse_caption(p)["motion"] != "bouncing"
+    ]
+    prompts = general + bouncing
+    real = [probe_clip(c) for c in real_clips_for(prompts, args.frames, args.resolution, args.seed + 1)]
+    try:
+        fd = frechet_distance(
+            np.stack([probe_features(r) for r in readings]), np.stack([probe_features(r) for r in real])
+        )
+    except ValueError:
+        fd = None
+    return {
+        "accuracy": accuracy,
+        "motion_accuracy_bouncing": float(np.mean(bounce_scores)) if bounce_scores else None,
+        "motion_accuracy_other": float(np.mean(other_motion)) if other_motion else None,
+        "temporal_consistency": float(np.mean([r.temporal_consistency for r in readings])),
+        "temporal_consistency_real": float(np.mean([r.temporal_consistency for r in real])),
+        "frechet_probe_distance": fd,
+    }
+
+
+def write_grid(clips: list[torch.Tensor], path: Path, fps: float = 8.0) -> None:
+    from lumiere.data.video_io import make_grid, write_video
+
+    frames = np.stack(
+        [((c.permute(1, 2, 3, 0).numpy() + 1) / 2).clip(0, 1) for c in clips[:16]]
+    )  # [n, f, h, w, 3]
+    write_video(path, make_grid(frames, nrow=4), fps=fps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training wall-clock per arm")
+    parser.add_argument("--preset", default="default", help="image U-Net preset of every model")
+    parser.add_argument(
+        "--init-from", default=None, help="image model (stage t2i output) every arm starts from"
+    )
+    parser.add_argument(
+        "--freeze-spatial", action="store_true", help="train only new layers (needs --init-from)"
+    )
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--resolution", type=int, default=32, help="frame height and width")
+    parser.add_argument(
+        "--stride", type=int, default=4, help="the cascade's base makes every stride-th frame"
+    )
+    parser.add_argument(
+        "--tsr-share", type=float, default=0.5, help="share of the cascade's budget for the TSR"
+    )
+    parser.add_argument(
+        "--tsr-max-level", type=int, default=250, help="max keyframe-noise timestep in training"
+    )
+    parser.add_argument(
+        "--tsr-sample-level", type=int, default=50, help="keyframe-noise timestep when sampling"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=8, help="clips per step (as configs/stunet_default.yaml)"
+    )
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--eval-count", type=int, default=100, help="prompts drawn from the caption grammar")
+    parser.add_argument(
+        "--bouncing-count", type=int, default=50, help="extra prompts whose motion is bouncing"
+    )
+    parser.add_argument("--eval-steps", type=int, default=25, help="sampler steps")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--eval-batch", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--out", default="runs/ablation", help="results.json and sample grids go here")
+    args = parser.parse_args()
+    if args.freeze_spatial and not args.init_from:
+        parser.error("--freeze-spatial needs --init-from (from scratch there is nothing to freeze)")
+    if not 0 < args.tsr_share < 1:
+        parser.error("--tsr-share must be in (0, 1)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    for arm in arms:
+        if arm not in ARMS:
+            raise SystemExit(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    objective = DiffusionObjective()
+    encoder = load_text_encoder(None)
+    image_model = load_image_model(args.init_from)
+    data = MovingShapes(length=2**31 - 1, num_frames=args.frames, resolution=args.resolution, seed=args.seed)
+    general, bouncing = eval_prompts(args)
+
+    results: dict[str, Any] = {"args": vars(args), "arms": {}}
+    for arm in arms:
+        print(f"== {arm}: training for {args.minutes:g} min")
+        stages = build_arm(arm, args, objective, image_model)
+        multiple = stages[-1].model.frame_multiple
+        if args.frames % multiple:
+            raise SystemExit(f"{arm}: --frames {args.frames} must be a multiple of {multiple}")
+        for stage in stages:
+            train_stage(stage, args.minutes * 60 * stage.share, data, encoder, args)
+        start = time.perf_counter()
+        clips = sample_arm(stages, general + bouncing, encoder, objective, args)
+        seconds_per_clip = (time.perf_counter() - start) / len(clips)
+        scores = score_clips(clips, general, bouncing, args)
+        write_grid(clips, out / f"{arm}.mp4")
+        results["arms"][arm] = {
+            "stages": {stage.name: stage.log for stage in stages},
+            "sample_seconds_per_clip": seconds_per_clip,
+            **scores,
+        }
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    print_results(results, args)
+    print(f"results: {out / 'results.json'}; sample grids: {out}/<arm>.mp4")
+
+
+def print_results(results: dict[str, Any], args) -> None:
+    print(
+        f"\n{args.minutes:g} min of training per arm; {args.frames} frames x {args.resolution}x{args.resolution}; "
+        f"{args.eval_count} grammar prompts + {args.bouncing_count} bouncing prompts; "
+        f"{args.eval_steps} DPM-Solver++ steps, guidance {args.guidance}"
+    )
+    rows = []
+    for arm, r in results["arms"].items():
+        stages = r["stages"].values()
+        rows.append(
+            [
+                arm,
+                f"{sum(s['params'] for s in stages) / 1e6:.2f}",
+                " + ".join(str(s["steps"]) for s in stages),
+                " + ".join(harness.fmt(s["final_loss"], 3) for s in stages),
+                harness.fmt(r["accuracy"]["all"]),
+                harness.fmt(r["accuracy"]["motion"]),
+                harness.fmt(r["motion_accuracy_bouncing"]),
+                harness.fmt(r["motion_accuracy_other"]),
+                f"{r['temporal_consistency']:.3f} / {r['temporal_consistency_real']:.3f}",
+                harness.fmt(r["frechet_probe_distance"]),
+                f"{r['sample_seconds_per_clip']:.2f}",
+            ]
+        )
+    harness.print_table(
+        [
+            "arm",
+            "params M",
+            "steps",
+            "final loss",
+            "all acc",
+            "motion acc",
+            "bouncing acc",
+            "other motion",
+            "consistency gen/real",
+            "FD probe",
+            "s/clip",
+        ],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

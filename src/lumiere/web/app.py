@@ -1,0 +1,708 @@
+"""The web page's request handlers in plain Python (no Gradio): validate, generate, keep results.
+
+``Studio`` wraps a ``LumierePipeline`` for a server: every handler checks its inputs against
+``Caps`` (frames, steps, size, upload size), turns uploads into arrays the pipeline takes, calls the
+pipeline with a progress callback and a deadline, writes the clip as mp4 and adds it to a bounded
+``Gallery`` of recent results. A request the server cannot honour raises ``WebError`` with a
+message meant for the person at the page (the UI shows it and keeps serving).
+
+Modes (Bar-Tal et al. 2024, Sec. 4), with the pipeline call each makes:
+    text         pipe(prompt)                        text-to-video
+    image        pipe(prompt, image=I)               image-to-video (I is the first frame)
+    cinemagraph  pipe(prompt, image=I, mask=M)       animate the region M of the image I
+    inpaint      pipe(prompt, video=V, mask=M)       regenerate the region M of the video V
+    video        pipe(prompt, video=V, strength=s)   video-to-video (SDEdit from noise level s)
+
+Whether the loaded pipeline can do a mode is read at run time (``mode_support``), so the page
+says so instead of failing when the pipeline or the model lacks it.
+
+Axis legend: f frames, h height, w width; frames are numpy ``[f, h, w, 3]`` float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import PIL.Image
+import torch
+
+from lumiere.data.video_io import write_video
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (denoising steps done, total steps)
+
+MODES: dict[str, str] = {  # mode -> label on the page
+    "text": "Text to video",
+    "image": "Image to video",
+    "cinemagraph": "Cinemagraph",
+    "inpaint": "Inpainting",
+    "video": "Video to video",
+}
+# Pipeline arguments each mode needs, and whether it needs a model with conditioning channels
+# (concat(noisy video, masked video C, mask M), Sec. 4); SDEdit works with any model.
+_MODE_ARGUMENTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "text": ((), False),
+    "image": (("image",), True),
+    "cinemagraph": (("image", "mask"), True),
+    "inpaint": (("video", "mask"), True),
+    "video": (("video", "strength"), False),
+}
+
+
+class WebError(Exception):
+    """A request the server refuses or cannot finish; ``str(err)`` is shown on the page."""
+
+
+class InputError(WebError, ValueError):
+    """A value or an upload outside what the server accepts."""
+
+
+class GenerationTimeout(WebError, TimeoutError):
+    """Generation ran past ``Caps.timeout_s``."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Limits that protect the server: every request is checked against them."""
+
+    max_frames: int = 64  # frames per clip: memory and time grow linearly with frames
+    max_steps: int = 100  # denoising steps: time grows linearly with steps
+    max_size: int = 256  # base height and width in pixels (the SSR, if any, multiplies them)
+    max_guidance: float = 20.0  # guidance scale; far beyond ~5 only saturates the output
+    max_prompt_chars: int = 1000  # text encoders truncate long prompts anyway
+    max_upload_bytes: int = 50 * 2**20  # one uploaded file
+    max_upload_pixels: int = 4096 * 4096  # one uploaded image or video frame (decompression bombs)
+    timeout_s: float = 600.0  # one request, from the start of denoising; checked at every base-model step
+    gallery_size: int = 12  # recent results kept on disk and shown
+    queue_size: int = 16  # requests waiting in line; more are turned away
+    fps: float = 8.0  # frame rate of the written mp4
+
+    def __post_init__(self) -> None:
+        for name in ("max_frames", "max_steps", "max_size", "max_prompt_chars", "max_upload_bytes",
+                     "max_upload_pixels", "gallery_size", "queue_size"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Caps.{name}={value!r}: must be an integer >= 1")
+        for name in ("max_guidance", "timeout_s", "fps"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"Caps.{name}={value!r}: must be > 0")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One request's sampling settings, checked against the caps and the model."""
+
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    height: int  # base height (before SSR)
+    width: int  # base width (before SSR)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One generated clip on disk."""
+
+    path: Path  # the mp4
+    mode: str  # a key of MODES
+    prompt: str
+    settings: Settings
+    shape: tuple[int, int, int]  # (f, h, w) of the written clip (after SSR)
+    seconds: float  # generation time
+
+    @property
+    def caption(self) -> str:
+        prompt = self.prompt if len(self.prompt) <= 60 else self.prompt[:57] + "..."
+        return f"{MODES[self.mode]}: {prompt} (seed {self.settings.seed})"
+
+    @property
+    def summary(self) -> str:
+        f, h, w = self.shape
+        s = self.settings
+        return (
+            f"{MODES[self.mode]} · {f} frames at {w}×{h} · {s.num_inference_steps} steps · "
+            f"guidance {s.guidance_scale:g} · seed {s.seed} · {self.seconds:.1f} s"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Gallery of recent results
+# ---------------------------------------------------------------------------------------------
+
+
+class Gallery:
+    """The ``capacity`` most recent results, newest first; older files are deleted (thread-safe)."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity}: must be >= 1")
+        self._results: deque[Result] = deque()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def add(self, result: Result) -> None:
+        with self._lock:
+            self._results.appendleft(result)
+            while len(self._results) > self._capacity:
+                old = self._results.pop()
+                old.path.unlink(missing_ok=True)
+
+    def results(self) -> list[Result]:
+        with self._lock:
+            return list(self._results)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(path, caption) pairs, newest first: what an image/video gallery widget shows."""
+        return [(str(r.path), r.caption) for r in self.results()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the pipeline can do
+# ---------------------------------------------------------------------------------------------
+
+
+def mode_support(pipe: Any) -> dict[str, str | None]:
+    """For each mode, None when ``pipe`` can run it, else why not (a sentence for the page).
+
+    Two things are read: whether ``pipe.__call__`` takes the mode's arguments (older pipelines
+    generate from text only), and, for image / mask conditioning, whether the base STUNet has
+    conditioning channels (``in_channels > out_channels``), i.e. was fine-tuned for it.
+    """
+    stunet = getattr(pipe, "stunet", None)
+    if stunet is None:
+        reason = "This model has no base video model (it can only upsample), so it cannot generate."
+        return dict.fromkeys(MODES, reason)
+    parameters = inspect.signature(pipe.__call__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())  # **kwargs
+    has_conditioning = stunet.in_channels > stunet.out_channels
+    support: dict[str, str | None] = {}
+    for mode, (arguments, needs_conditioning) in _MODE_ARGUMENTS.items():
+        missing = [] if takes_any else [name for name in arguments if name not in parameters]
+        if missing:
+            support[mode] = (
+                f"{MODES[mode]} is not available: this version of {type(pipe).__name__} does not take "
+                f"{' and '.join(name + '=' for name in missing)} yet."
+            )
+        elif needs_conditioning and not has_conditioning:
+            support[mode] = (
+                f"{MODES[mode]} is not available with this model: it has no conditioning channels "
+                "(it was trained for text-to-video only). Load a model fine-tuned for image and "
+                "mask conditioning (Lumiere Sec. 4) with --model."
+            )
+        else:
+            support[mode] = None
+    return support
+
+
+# ---------------------------------------------------------------------------------------------
+# Uploads -> arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_file(path: str | Path, what: str, caps: Caps) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"The {what} upload is missing; upload it again.")
+    size = path.stat().st_size
+    if size > caps.max_upload_bytes:
+        raise InputError(
+            f"The {what} is {size / 2**20:.1f} MB; this server takes files up to "
+            f"{caps.max_upload_bytes / 2**20:.0f} MB."
+        )
+    if size == 0:
+        raise InputError(f"The {what} file is empty.")
+    return path
+
+
+def _open_image(image: Any, what: str, caps: Caps, mode: str = "RGB") -> PIL.Image.Image:
+    """A PIL image in ``mode`` from a path, a PIL image, or an array (uint8, or float in [0, 1])."""
+    if isinstance(image, (str, Path)):
+        path = _check_file(image, what, caps)
+        try:
+            with PIL.Image.open(path) as opened:
+                # The header gives the size: refuse huge images before decoding any pixel.
+                if opened.width * opened.height > caps.max_upload_pixels:
+                    raise InputError(
+                        f"The {what} is {opened.width}×{opened.height} pixels; this server takes "
+                        f"images up to {caps.max_upload_pixels:,} pixels."
+                    )
+                opened.load()
+                image = opened.copy()
+        except InputError:
+            raise
+        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
+            raise InputError(f"The {what} is not an image this server can read ({_cause(err)}).") from None
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image, what)
+    elif not isinstance(image, PIL.Image.Image):
+        raise InputError(f"The {what} must be an image, got {type(image).__name__}.")
+    if image.width * image.height > caps.max_upload_pixels:
+        raise InputError(
+            f"The {what} is {image.width}×{image.height} pixels; this server takes images up to "
+            f"{caps.max_upload_pixels:,} pixels."
+        )
+    if mode == "RGB" and image.mode in ("RGBA", "LA", "P"):
+        # Transparent pixels become white, as an image viewer shows them.
+        image = image.convert("RGBA")
+        flat = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(flat, image)
+    return image.convert(mode)
+
+
+def _array_to_pil(array: np.ndarray, what: str) -> PIL.Image.Image:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise InputError(f"The {what} must be [h, w], [h, w, 3] or [h, w, 4], got shape {array.shape}.")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+            raise InputError(f"The {what} must be uint8 or float in [0, 1], got {array.dtype}.")
+        array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return PIL.Image.fromarray(array)
+
+
+def _crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:
+    """The centred box of the target's aspect ratio inside a width x height image."""
+    if width * target_height > height * target_width:  # too wide: crop the sides
+        new_width = max(1, round(height * target_width / target_height))
+        left = (width - new_width) // 2
+        return left, 0, left + new_width, height
+    new_height = max(1, round(width * target_height / target_width))
+    top = (height - new_height) // 2
+    return 0, top, width, top + new_height
+
+
+def fit_image(image: PIL.Image.Image, height: int, width: int, mask: bool = False) -> np.ndarray:
+    """Centre-crop to the aspect ratio of height x width and resize: float32 ``[h, w, 3]`` in [0, 1]
+    (an image), or ``[h, w]`` in {0, 1} (a mask, ``mask=True``: thresholded at 0.5)."""
+    box = _crop_box(image.width, image.height, width, height)
+    resample = PIL.Image.Resampling.BILINEAR if mask else PIL.Image.Resampling.LANCZOS
+    fitted = image.crop(box).resize((width, height), resample=resample)  # nothing outside the box leaks in
+    array = np.asarray(fitted, dtype=np.float32) / 255
+    if mask:
+        return (array >= 0.5).astype(np.float32)
+    return array
+
+
+def load_image(image: Any, height: int, width: int, caps: Caps, what: str = "image") -> np.ndarray:
+    """An uploaded image (path, PIL, array) -> float32 ``[h, w, 3]`` in [0, 1], centre-cropped and
+    resized to the video's size. ``InputError`` for a file that is not a readable image, too big,
+    or too many pixels."""
+    return fit_image(_open_image(image, what, caps), height, width)
+
+
+def load_mask(
+    editor: Mapping[str, Any] | None,
+    height: int,
+    width: int,
+    caps: Caps,
+    what: str = "region",
+) -> tuple[PIL.Image.Image, np.ndarray]:
+    """An image-editor value -> (background image, mask float32 ``[h, w]`` in {0, 1}).
+
+    ``editor`` is ``{"background": image, "layers": [image, ...], "composite": image}`` (Gradio's
+    ImageEditor; images as paths, PIL or arrays). The mask is every pixel painted on any layer
+    (alpha > 0), cropped and resized like the background. ``InputError`` when nothing is painted.
+    """
+    if not editor or editor.get("background") is None:
+        raise InputError("Upload an image first, then paint the region on it.")
+    background = _open_image(editor["background"], "image", caps)
+    painted = np.zeros((background.height, background.width), dtype=bool)
+    for layer in editor.get("layers") or []:
+        if layer is None:
+            continue
+        rgba = _open_image(layer, "painted layer", caps, mode="RGBA")
+        if rgba.size != background.size:
+            rgba = rgba.resize(background.size, resample=PIL.Image.Resampling.NEAREST)
+        painted |= np.asarray(rgba)[..., 3] > 0
+    if not painted.any():
+        raise InputError(f"Paint the {what} on the image with the brush first.")
+    mask_image = PIL.Image.fromarray(painted.astype(np.uint8) * 255)
+    mask = fit_image(mask_image, height, width, mask=True)
+    if not mask.any():
+        raise InputError(f"The painted {what} vanishes at {width}×{height}; paint a larger region.")
+    return background, mask
+
+
+def load_video(
+    path: str | Path | None, num_frames: int, height: int, width: int, caps: Caps, what: str = "video"
+) -> np.ndarray:
+    """The first ``num_frames`` frames of an uploaded video -> float32 ``[f, h, w, 3]`` in [0, 1],
+    centre-cropped and resized. Decodes no more than it needs. ``InputError`` for a file that is
+    missing, too big, not a video, broken, too short, or of too many pixels per frame."""
+    if path is None:
+        raise InputError(f"Upload a {what} first.")
+    path = _check_file(path, what, caps)
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"The {what} file has no video stream.")
+            stream = container.streams.video[0]
+            pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+            if pixels > caps.max_upload_pixels:
+                raise InputError(
+                    f"The {what} is {stream.codec_context.width}×{stream.codec_context.height} pixels per "
+                    f"frame; this server takes up to {caps.max_upload_pixels:,}."
+                )
+            for frame in container.decode(stream):
+                image = frame.to_image()  # PIL RGB
+                frames.append(fit_image(image, height, width))
+                if len(frames) == num_frames:
+                    break
+    except InputError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as err:
+        raise InputError(
+            f"The {what} cannot be decoded; it is not a video this server can read ({_cause(err)})."
+        ) from None
+    if not frames:
+        raise InputError(f"The {what} has no frames this server can decode.")
+    if len(frames) < num_frames:
+        raise InputError(
+            f"The {what} has {len(frames)} frames, fewer than the {num_frames} asked for; "
+            "lower Frames or upload a longer video."
+        )
+    return np.stack(frames)  # [f, h, w, 3]
+
+
+def first_frame(path: str | Path | None, caps: Caps) -> np.ndarray | None:
+    """The first frame of an uploaded video as uint8 ``[h, w, 3]`` at its own size (for painting a
+    mask on it); None for no upload. ``InputError`` as ``load_video``."""
+    if path is None:
+        return None
+    path = _check_file(path, "video", caps)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError("The video file has no video stream.")
+            stream = container.streams.video[0]
+            if (stream.codec_context.width or 0) * (
+                stream.codec_context.height or 0
+            ) > caps.max_upload_pixels:
+                raise InputError(f"The video has more than {caps.max_upload_pixels:,} pixels per frame.")
+            for frame in container.decode(stream):
+                return frame.to_ndarray(format="rgb24")
+    except InputError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as err:
+        raise InputError(f"The video cannot be decoded ({_cause(err)}).") from None
+    raise InputError("The video has no frames this server can decode.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Studio: the request handlers
+# ---------------------------------------------------------------------------------------------
+
+
+class Studio:
+    """A pipeline behind a web page: validated requests, one generation at a time, recent results.
+
+    ``pipe`` is a ``LumierePipeline`` (anything with its call signature and ``stunet``).
+    Results are written under ``output_dir`` (default: a fresh temporary directory).
+    """
+
+    def __init__(self, pipe: Any, caps: Caps | None = None, output_dir: str | Path | None = None):
+        self.pipe = pipe
+        self.caps = caps if caps is not None else Caps()
+        self.support = mode_support(pipe)
+        self.output_dir = (
+            Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="lumiere-web-"))
+        )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.gallery = Gallery(self.caps.gallery_size)
+        self._lock = threading.Lock()  # the pipeline (its scheduler) runs one request at a time
+        self._count = 0
+        stunet = pipe.stunet
+        self.frame_step = stunet.temporal_factor if stunet is not None else 1
+        self.size_step = stunet.spatial_factor if stunet is not None else 1
+        size = stunet.config.unet_config.get("sample_size") if stunet is not None else None
+        size = (size, size) if isinstance(size, int) else tuple(size or (32, 32))
+        self.default_height, self.default_width = (self._clamp_size(int(s)) for s in size)
+        self.ssr_scale = pipe.ssr_scale if getattr(pipe, "ssr", None) is not None else 1
+
+    # ----- limits the page shows --------------------------------------------------------------
+
+    def _clamp_size(self, size: int) -> int:
+        top = self.caps.max_size - self.caps.max_size % self.size_step
+        return max(self.size_step, min(size, top))
+
+    @property
+    def max_frames(self) -> int:
+        """The largest frame count the caps allow that the model takes."""
+        return max(self.frame_step, self.caps.max_frames - self.caps.max_frames % self.frame_step)
+
+    @property
+    def max_size(self) -> int:
+        return self._clamp_size(self.caps.max_size)
+
+    @property
+    def default_frames(self) -> int:
+        return min(self.max_frames, max(self.frame_step, 16 - 16 % self.frame_step))
+
+    @property
+    def default_steps(self) -> int:
+        return min(self.caps.max_steps, 25)
+
+    # ----- checks -------------------------------------------------------------------------------
+
+    def settings(
+        self,
+        num_frames: float,
+        num_inference_steps: float,
+        guidance_scale: float,
+        seed: float | None,
+        height: float | None = None,
+        width: float | None = None,
+    ) -> Settings:
+        """Check the page's numbers (widgets send floats) against the caps and the model."""
+        caps = self.caps
+        frames = _whole(num_frames, "Frames")
+        if not self.frame_step <= frames <= self.max_frames or frames % self.frame_step:
+            raise InputError(
+                f"Frames must be a multiple of {self.frame_step} from {self.frame_step} to "
+                f"{self.max_frames}; got {frames}."
+            )
+        steps = _whole(num_inference_steps, "Steps")
+        if not 1 <= steps <= caps.max_steps:
+            raise InputError(f"Steps must be from 1 to {caps.max_steps}; got {steps}.")
+        try:
+            guidance = float(guidance_scale)
+        except (TypeError, ValueError):
+            raise InputError(f"Guidance must be a number; got {guidance_scale!r}.") from None
+        if not 0 <= guidance <= caps.max_guidance:
+            raise InputError(f"Guidance must be from 0 to {caps.max_guidance:g}; got {guidance:g}.")
+        seed_value = 0 if seed is None else _whole(seed, "Seed")
+        if not 0 <= seed_value < 2**63:
+            raise InputError(f"Seed must be from 0 to 2**63 - 1; got {seed_value}.")
+        sizes = []
+        for name, value, default in (
+            ("Height", height, self.default_height),
+            ("Width", width, self.default_width),
+        ):
+            size = default if value is None else _whole(value, name)
+            if not self.size_step <= size <= self.max_size or size % self.size_step:
+                raise InputError(
+                    f"{name} must be a multiple of {self.size_step} from {self.size_step} to "
+                    f"{self.max_size}; got {size}."
+                )
+            sizes.append(size)
+        return Settings(frames, steps, guidance, seed_value, *sizes)
+
+    def check_prompt(self, prompt: str | None) -> str:
+        if prompt is None or not str(prompt).strip():
+            raise InputError("Write a prompt first: describe the video you want.")
+        prompt = str(prompt).strip()
+        if len(prompt) > self.caps.max_prompt_chars:
+            raise InputError(
+                f"The prompt has {len(prompt)} characters; the limit is {self.caps.max_prompt_chars}."
+            )
+        return prompt
+
+    def check_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise InputError(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+        reason = self.support[mode]
+        if reason is not None:
+            raise InputError(reason)
+
+    # ----- handlers -----------------------------------------------------------------------------
+
+    def text_to_video(
+        self, prompt: str, negative_prompt: str | None, settings: Settings, progress: ProgressFn | None = None
+    ) -> Result:
+        return self.generate("text", prompt, negative_prompt, settings, progress)
+
+    def image_to_video(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        image: Any,  # path, PIL image or array
+        settings: Settings,
+        progress: ProgressFn | None = None,
+    ) -> Result:
+        self.check_mode("image")
+        if image is None:
+            raise InputError("Upload an image first: it becomes the first frame.")
+        first = load_image(image, settings.height, settings.width, self.caps)
+        return self.generate("image", prompt, negative_prompt, settings, progress, image=first)
+
+    def cinemagraph(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        editor: Mapping[str, Any] | None,  # image with the region to animate painted on it
+        settings: Settings,
+        progress: ProgressFn | None = None,
+    ) -> Result:
+        self.check_mode("cinemagraph")
+        background, mask = load_mask(editor, settings.height, settings.width, self.caps, "region to animate")
+        image = fit_image(background, settings.height, settings.width)
+        return self.generate(
+            "cinemagraph", prompt, negative_prompt, settings, progress, image=image, mask=mask
+        )
+
+    def inpaint(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        video: str | Path | None,
+        editor: Mapping[str, Any] | None,  # the video's first frame with the region to fill painted on it
+        settings: Settings,
+        progress: ProgressFn | None = None,
+    ) -> Result:
+        self.check_mode("inpaint")
+        frames = load_video(video, settings.num_frames, settings.height, settings.width, self.caps)
+        _, mask = load_mask(editor, settings.height, settings.width, self.caps, "region to fill")
+        masks = np.repeat(mask[None], settings.num_frames, axis=0)  # [h, w] -> [f, h, w], fixed in time
+        return self.generate("inpaint", prompt, negative_prompt, settings, progress, video=frames, mask=masks)
+
+    def video_to_video(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        video: str | Path | None,
+        strength: float,
+        settings: Settings,
+        progress: ProgressFn | None = None,
+    ) -> Result:
+        self.check_mode("video")
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            raise InputError(f"Strength must be a number; got {strength!r}.") from None
+        if not 0 < strength <= 1:
+            raise InputError(f"Strength must be in (0, 1]; got {strength:g}.")
+        frames = load_video(video, settings.num_frames, settings.height, settings.width, self.caps)
+        return self.generate(
+            "video", prompt, negative_prompt, settings, progress, video=frames, strength=strength
+        )
+
+    # ----- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        mode: str,
+        prompt: str,
+        negative_prompt: str | None,
+        settings: Settings,
+        progress: ProgressFn | None = None,
+        **conditioning: Any,  # image / video / mask / strength, as the mode takes them
+    ) -> Result:
+        """Run the pipeline once, write the mp4, add it to the gallery.
+
+        ``progress(done, total)`` is called after every denoising step of the base model. Past
+        ``caps.timeout_s`` the next step raises ``GenerationTimeout`` (the work stops there).
+        """
+        self.check_mode(mode)
+        prompt = self.check_prompt(prompt)
+        negative = negative_prompt.strip() if negative_prompt and negative_prompt.strip() else None
+        total = settings.num_inference_steps
+        with self._lock:
+            start = time.monotonic()
+            deadline = start + self.caps.timeout_s
+
+            def callback(step: int, timestep: torch.Tensor, sample: torch.Tensor) -> None:
+                if progress is not None:
+                    progress(step + 1, total)
+                if time.monotonic() > deadline:
+                    raise GenerationTimeout(
+                        f"Generation took longer than {self.caps.timeout_s:g} s and was stopped after "
+                        f"{step + 1} of {total} steps; ask for fewer frames or steps."
+                    )
+
+            if progress is not None:
+                progress(0, total)
+            logger.info("%s: %r, %s", mode, prompt, settings)
+            try:
+                frames = self.pipe(
+                    prompt,
+                    num_frames=settings.num_frames,
+                    height=settings.height,
+                    width=settings.width,
+                    num_inference_steps=settings.num_inference_steps,
+                    guidance_scale=settings.guidance_scale,
+                    negative_prompt=negative,
+                    generator=torch.Generator().manual_seed(settings.seed),
+                    callback=callback,
+                    output_type="np",
+                    **conditioning,
+                ).frames[0]  # [f, h, w, 3] in [0, 1]
+            except WebError:
+                raise
+            except ValueError as err:  # the pipeline names what it cannot take
+                raise InputError(str(err)) from err
+            seconds = time.monotonic() - start
+            self._count += 1
+            path = self.output_dir / f"lumiere-{self._count:04d}-{mode}-{_slug(prompt)}.mp4"
+        write_video(path, frames, fps=self.caps.fps)
+        result = Result(path, mode, prompt, settings, tuple(frames.shape[:3]), seconds)
+        self.gallery.add(result)
+        logger.info("wrote %s (%.1f s)", path, seconds)
+        return result
+
+
+def _cause(err: BaseException) -> str:
+    """Why a file could not be read, for the page: the decoder's words without server paths."""
+    logger.info("unreadable upload: %r", err)
+    if isinstance(err, PIL.UnidentifiedImageError):
+        return "unknown image format"
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return re.sub(r"""[:\s]*['"]?/[^'"]*['"]?""", "", text).strip() or type(err).__name__
+
+
+def _whole(value: Any, name: str) -> int:
+    """A whole number from a widget's value (ints arrive as floats), else ``InputError``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a whole number; got {value!r}.") from None
+    if not np.isfinite(number) or number != int(number):
+        raise InputError(f"{name} must be a whole number; got {value!r}.")
+    return int(number)
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    """File-name-safe words of a prompt: "A red circle!" -> "a-red-circle"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(slug) > limit:  # whole words only
+        slug = slug[: limit + 1].rsplit("-", 1)[0] if "-" in slug[:limit] else slug[:limit]
+    return slug or "clip"
+
+
+__all__: Sequence[str] = [
+    "MODES",
+    "Caps",
+    "Gallery",
+    "GenerationTimeout",
+    "InputError",
+    "Result",
+    "Settings",
+    "Studio",
+    "WebError",
+    "first_frame",
+    "fit_image",
+    "load_image",
+    "load_mask",
+    "load_video",
+    "mode_support",
+]
