@@ -120,10 +120,11 @@ def print_ratios(rows: dict[str, dict[str, Any]]) -> None:
     if "stunet" not in ok:
         return
     stunet = ok["stunet"]
-    print(
-        "model time / STUNet time: "
-        + ", ".join(f"{n} {t / stunet:.2f}x" for n, t in ok.items() if n != "stunet")
-    )
+    if len(ok) > 1:
+        print(
+            "model time / STUNet time: "
+            + ", ".join(f"{n} {t / stunet:.2f}x" for n, t in ok.items() if n != "stunet")
+        )
     temporal = {n: t for n, t in ok.items() if n != "stunet" and peers.PEERS[n].temporal}
     if temporal:
         fastest = min(temporal, key=temporal.get)
