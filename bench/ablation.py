@@ -18,8 +18,8 @@ Arms (each trained for ``--minutes`` of wall-clock, same data stream, same recip
   conv is widened (``STUNet.widen_input``) to take concat(noisy clip, C, M), C = each keyframe held
   until the next (nearest-frame upsampling), M = 1 on keyframes. Keyframes are noised during
   training and the level is embedded (``noise_level_conditioning``): conditioning augmentation
-  (Ho et al. 2021, "Cascaded Diffusion Models", Sec. 3.2), so the TSR copes with generated
-  keyframes. The two models split the arm's budget (``--tsr-share`` to the TSR);
+  (Ho et al. 2021, "Cascaded Diffusion Models for High Fidelity Image Generation"), so the TSR
+  copes with generated keyframes. The two models split the arm's budget (``--tsr-share``);
 - ``unet3d``: diffusers UNet3DConditionModel at the STUNet's parameter count (``peers.py``).
 
 With ``--init-from`` (an image model saved by ``lumiere train`` stage t2i) every arm starts from the
