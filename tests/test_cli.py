@@ -99,7 +99,7 @@ def test_help(command, capsys):
 def test_help_states_defaults(capsys):
     exit_code(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for fragment in ("(default: 16)", "(default: 25)", "(default: 5.0)", "(default: dpm++)",
+    for fragment in ("(default: 16, or the length of --video)", "(default: 25)", "(default: 5.0)", "(default: dpm++)",
                      "default: the model's sample size", "default: the model shipped in the package"):  # fmt: skip
         assert fragment in text
 

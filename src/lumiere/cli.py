@@ -47,6 +47,30 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a float in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (low < value if low_open else low <= value) or not value <= high or math.isnan(value):
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must be in {bracket}{low:g}, {high:g}], got {text}")
+        return value
+
+    return parse
+
+
+def _existing_file(text: str) -> Path:
+    """argparse type: the path of an existing file."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no file at {text!r}")
+    return path
+
+
 def _float_at_least(minimum: float, strict: bool = False) -> Callable[[str], float]:
     bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
 
@@ -109,13 +133,15 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--frames",
         type=_int_at_least(1),
-        default=16,
+        default=None,
         metavar="N",
-        help="frames per clip: a positive multiple of the model's temporal factor",
+        help="frames per clip: a positive multiple of the model's temporal factor (default: 16, or the "
+        "length of --video)",
     )
     parser.add_argument(
         "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
     )
+    _add_conditioning_options(parser)
     parser.add_argument(
         "--guidance",
         type=_float_at_least(0.0),
@@ -213,6 +239,59 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_generate, command_parser=parser)
 
 
+def _add_conditioning_options(parser: argparse.ArgumentParser) -> None:
+    """--image, --video, --mask, --strength, --style, --alpha (Sec. 4 of the paper)."""
+    group = parser.add_argument_group(
+        "conditioning",
+        "image-to-video: --image; cinemagraph: --image --mask (region to animate); inpainting: --video "
+        "--mask (region to generate); video-to-video (SDEdit): --video [--strength]; stylised: --style",
+    )
+    group.add_argument("--image", type=_existing_file, default=None, metavar="PATH", help="image file")
+    group.add_argument("--video", type=_existing_file, default=None, metavar="PATH", help="video file")
+    group.add_argument(
+        "--mask",
+        type=_existing_file,
+        default=None,
+        metavar="PATH",
+        help="mask image (white = 1 = region to generate / animate; thresholded at 0.5), or a .npy array "
+        "[h, w] or [frames, h, w]",
+    )
+    group.add_argument(
+        "--strength",
+        type=_float_in(0.0, 1.0, low_open=True),
+        default=None,
+        metavar="S",
+        help="video-to-video: how much of --video is re-generated, in (0, 1] (default 0.6)",
+    )
+    group.add_argument(
+        "--style",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="a style fine-tune of the image model (image-model or STUNet directory), blended in with --alpha",
+    )
+    group.add_argument(
+        "--alpha",
+        type=_float_in(0.0, 1.0),
+        default=None,
+        metavar="A",
+        help="style weight in [0, 1]: W = A * W_style + (1 - A) * W_orig over the image-model weights "
+        "(default 0.5 with --style)",
+    )
+
+
+def _check_conditioning_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Combinations of the conditioning options that mean nothing are option errors (exit 2)."""
+    if args.image is not None and args.video is not None:
+        parser.error("argument --video: not allowed with --image (give one)")
+    if args.mask is not None and args.image is None and args.video is None:
+        parser.error("argument --mask: needs --video (inpainting) or --image (cinemagraph)")
+    if args.strength is not None and (args.video is None or args.mask is not None):
+        parser.error("argument --strength: applies to video-to-video only (--video without --mask)")
+    if args.alpha is not None and args.style is None:
+        parser.error("argument --alpha: needs --style")
+
+
 def _add_ssr_window_options(parser: argparse.ArgumentParser, prefix: str, what: str) -> None:
     """--[ssr-]window, --[ssr-]overlap, --[ssr-]chunk-size of the SSR's MultiDiffusion."""
     parser.add_argument(
@@ -253,12 +332,21 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     from lumiere.data.video_io import make_grid, write_video
     from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
 
+    _check_conditioning_options(parser, args)
     try:
         pipe = LumierePipeline.from_pretrained(args.model)
     except FileNotFoundError as err:
         return _fail(parser, str(err))
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample): use `lumiere upsample`")
+    if args.style is not None:
+        from lumiere.models.blend import blend_weights, load_style
+
+        try:
+            styled = load_style(args.style)
+            pipe.stunet = blend_weights(pipe.stunet, styled, 0.5 if args.alpha is None else args.alpha)
+        except (FileNotFoundError, ValueError) as err:
+            return _fail(parser, f"--style {args.style}: {err}")
 
     # Options that depend on the model: reported like any other out-of-range option.
     stunet = pipe.stunet
@@ -270,8 +358,9 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(
             f"argument --window: must be a multiple of {stunet.temporal_factor} for this model, got {args.window}"
         )
-    one_pass = args.window is None or args.window >= args.frames
-    if one_pass and args.frames % stunet.temporal_factor:
+    checked_frames = 16 if args.frames is None else args.frames  # with --video: checked by the pipeline
+    one_pass = args.window is None or args.window >= checked_frames
+    if one_pass and checked_frames % stunet.temporal_factor:
         parser.error(
             f"argument --frames: must be a multiple of {stunet.temporal_factor} for this model, got {args.frames} "
             "(or give a shorter --window)"
@@ -287,25 +376,30 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     pipe.to(device)
     # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
-    frames = pipe(
-        args.prompt,
-        num_frames=args.frames,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        negative_prompt=args.negative_prompt,
-        num_videos_per_prompt=args.num_videos,
-        generator=generators,
-        output_type="np",
-        window=args.window,
-        overlap=args.overlap,
-        upsample=not args.no_upsample,
-        ssr_window=args.ssr_window,
-        ssr_overlap=args.ssr_overlap,
-        ssr_chunk_size=args.ssr_chunk_size,
-        ssr_steps=args.ssr_steps,
-    ).frames  # [n, f, h, w, 3] in [0, 1]
+    conditioning = dict(image=args.image, video=args.video, mask=args.mask, strength=args.strength)
+    try:
+        frames = pipe(
+            args.prompt,
+            **conditioning,
+            num_frames=args.frames,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            negative_prompt=args.negative_prompt,
+            num_videos_per_prompt=args.num_videos,
+            generator=generators,
+            output_type="np",
+            window=args.window,
+            overlap=args.overlap,
+            upsample=not args.no_upsample,
+            ssr_window=args.ssr_window,
+            ssr_overlap=args.ssr_overlap,
+            ssr_chunk_size=args.ssr_chunk_size,
+            ssr_steps=args.ssr_steps,
+        ).frames  # [n, f, h, w, 3] in [0, 1]
+    except ValueError as err:  # conditioning inputs that do not fit (mask shape, video length, ...)
+        parser.error(str(err))
 
     video = (
         frames[0] if args.num_videos == 1 else make_grid(frames, nrow=math.ceil(math.sqrt(args.num_videos)))

@@ -21,7 +21,7 @@ STAGES = ("t2i", "stunet", "ssr", "conditional")
 @dataclass
 class ModelConfig:
     preset: str = "default"  # image U-Net preset (lumiere.models.presets) for stage t2i
-    init_from: str | None = None  # t2i: None (random); stunet/ssr: an image-model or STUNet directory
+    init_from: str | None = None  # t2i: None (random), an image model, or a STUNet (its image model); others: an image-model or STUNet directory
     temporal_attention_layers: int | None = None  # None: the preset's value
     freeze_spatial: bool = True  # train only the inserted temporal layers (Sec. 3.1); ssr: conv_in too
     gradient_checkpointing: bool = False  # trade compute for activation memory
@@ -40,6 +40,15 @@ class DataConfig:
     length: int | None = None  # distinct synthetic clips (None: a fresh clip every time)
     seed: int = 0  # the data stream is a function of (seed, step): resume is exact
     num_workers: int = 0  # DataLoader worker processes
+    style: str | None = (
+        None  # a pixel style of lumiere.data.styles (style fine-tune demo, Sec. 4.1); None: off
+    )
+    task_mix: tuple[float, float, float, float] = (
+        0.4,
+        0.25,
+        0.2,
+        0.15,
+    )  # conditional: shares of t2v, i2v, inpaint, cinemagraph
 
 
 @dataclass
@@ -95,11 +104,22 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, ">= 1"),
             ("sample_every", self.sample_every >= 0, ">= 0"),
             ("model.ssr_scale", self.model.ssr_scale >= 1, ">= 1"),
+            (
+                "data.task_mix",
+                min(self.data.task_mix) >= 0 and sum(self.data.task_mix) > 0,
+                "4 shares >= 0 (t2v, i2v, inpaint, cinemagraph) with a positive sum",
+            ),
             ("optim.max_augmentation_level", 0 <= self.optim.max_augmentation_level <= 999, "in [0, 999]"),
         ]
         for key, ok, accepted in checks:
             if not ok:
                 raise ValueError(f"config key {key} must be {accepted}")
+        from lumiere.data.styles import STYLES
+
+        if self.data.style is not None and self.data.style not in STYLES:
+            raise ValueError(
+                f"config key data.style must be null or one of {list(STYLES)}, got {self.data.style!r}"
+            )
         if self.data.kind == "folder" and not self.data.path:
             raise ValueError("config key data.path is required when data.kind is 'folder'")
         if self.stage != "t2i" and not self.model.init_from:

@@ -1,10 +1,13 @@
-"""One Accelerate training loop for every stage (DESIGN.md sec. 2): t2i, stunet, ssr (conditional later).
+"""One Accelerate training loop for every stage (DESIGN.md sec. 2): t2i, stunet, ssr, conditional.
 
 - Objective: v-prediction on a cosine ``DDPMScheduler`` (``lumiere.diffusion``), loss in fp32,
   optional min-SNR weighting, 10% caption dropout for classifier-free guidance.
 - Stage ``ssr`` (Sec. 3.2): the high-res clip is the sample; its area-downsampled copy, upsampled
   back and noise-augmented (``lumiere.models.ssr``), is the conditioning. The SSR model works per
   temporal window, so it trains on short clips.
+- Stage ``conditional`` (Sec. 4): the base STUNet widened to take a masked clip and its mask
+  (``lumiere.models.conditional``), trained on a mix of text-to-video, image-to-video,
+  inpainting and cinemagraph conditioning (``data.task_mix``), so one model serves all four.
 - AdamW with linear warm-up, gradient clipping, EMA weights (diffusers ``EMAModel``).
 - Exact resume: the data stream and every random draw of step ``s`` are functions of
   (seed, s, rank), so restoring weights, optimizer, schedule and EMA continues the same run.
@@ -35,6 +38,9 @@ from tqdm.auto import tqdm
 from lumiere.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.diffusion import DiffusionObjective, drop_captions
+from lumiere.models.conditional import TASKS, MaskCondition, build_conditional_stunet
+from lumiere.models.conditional import training_condition as conditional_training_condition
+from lumiere.models.inflate import extract_image_model
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.ssr import (
     SSRCondition,
@@ -110,7 +116,16 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_dataset(config: TrainConfig) -> tuple[Dataset, bool]:
-    """The stage's data set, and whether it is finite (shuffled per epoch)."""
+    """The stage's data set (styled when ``data.style`` says so), and whether it is finite."""
+    dataset, finite = _build_base_dataset(config)
+    if config.data.style is not None:
+        from lumiere.data.styles import StyledDataset
+
+        dataset = StyledDataset(dataset, config.data.style)
+    return dataset, finite
+
+
+def _build_base_dataset(config: TrainConfig) -> tuple[Dataset, bool]:
     data = config.data
     if data.kind == "shapes":
         from lumiere.data.shapes import MovingShapes
@@ -170,15 +185,19 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     """The network of the stage, initialised as the config says (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
     if config.stage == "t2i":
-        if config.model.init_from:
-            return UNet2DConditionModel.from_pretrained(resolve_model_dir(config.model.init_from, "unet"))
-        return build_unet2d(config.model.preset)
-    if config.stage in ("stunet", "ssr"):
+        if not config.model.init_from:
+            return build_unet2d(config.model.preset)
         source = Path(config.model.init_from)
-        component = "stunet" if config.stage == "stunet" else "ssr"
+        if _is_image_model_dir(source) or _is_image_model_dir(source / "unet"):
+            return UNet2DConditionModel.from_pretrained(resolve_model_dir(source, "unet"))
+        # A STUNet (or pipeline): fine-tune its image model alone, e.g. for a style (Sec. 4.1).
+        return extract_image_model(STUNet.from_pretrained(resolve_model_dir(source, "stunet")))
+    if config.stage in ("stunet", "ssr", "conditional"):
+        source = Path(config.model.init_from)
+        component = "ssr" if config.stage == "ssr" else "stunet"
         if _is_image_model_dir(source) or _is_image_model_dir(source / "unet"):
             image_model = UNet2DConditionModel.from_pretrained(resolve_model_dir(source, "unet"))
-            if config.stage == "stunet":
+            if config.stage in ("stunet", "conditional"):
                 model = STUNet.from_unet2d(image_model, **_inflation_options(config))
             else:  # inflated without temporal resizing, widened for the low-res clip (Sec. 3.2)
                 model = build_ssr_stunet(image_model, **_inflation_options(config))
@@ -187,12 +206,14 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             model = STUNet.from_pretrained(resolve_model_dir(source, component))
             if config.stage == "ssr":
                 check_ssr_stunet(model, name=f"model.init_from={str(source)!r}")
+        if config.stage == "conditional":  # widened for (C, M), zero weights: starts as the base (Sec. 4)
+            model = build_conditional_stunet(model)
         model.freeze_spatial(config.model.freeze_spatial)
-        if config.stage == "ssr":
-            # The widened input conv is the only way the low-res clip enters: it always trains.
+        if config.stage in ("ssr", "conditional"):
+            # The widened input conv is the only way the conditioning enters: it always trains.
             model.conv_in.requires_grad_(True)
         return model
-    raise ValueError(f"stage {config.stage!r} is not implemented yet; implemented: 't2i', 'stunet', 'ssr'")
+    raise ValueError(f"stage {config.stage!r} is unknown; stages: 't2i', 'stunet', 'ssr', 'conditional'")
 
 
 def model_input(config: TrainConfig, video: torch.Tensor) -> torch.Tensor:
@@ -203,8 +224,13 @@ def model_input(config: TrainConfig, video: torch.Tensor) -> torch.Tensor:
 
 def stage_condition(
     config: TrainConfig, x0: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator
-) -> SSRCondition | None:
-    """Conditioning of the stage beyond text: for ssr, the augmented low-res clip and its level."""
+) -> SSRCondition | MaskCondition | None:
+    """Conditioning of the stage beyond text: for ssr, the augmented low-res clip and its level;
+    for conditional, a masked clip and its known-mask from the task mix (``models.conditional``)."""
+    if config.stage == "conditional":
+        return conditional_training_condition(
+            x0, generator, dict(zip(TASKS, config.data.task_mix, strict=True))
+        )[0]
     if config.stage != "ssr":
         return None
     return training_condition(
@@ -218,7 +244,7 @@ def forward_model(
     timesteps: torch.Tensor,
     states: torch.Tensor,
     mask: torch.Tensor,
-    condition: SSRCondition | None,
+    condition: SSRCondition | MaskCondition | None,
 ) -> torch.Tensor:
     """The network's prediction for a noisy batch, with the stage's conditioning when it has one."""
     if condition is None:

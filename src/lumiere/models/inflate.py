@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 import torch
+from diffusers import UNet2DConditionModel
 
 from lumiere.models.stunet import InsertedModule
 
@@ -67,3 +68,20 @@ def load_image_weights(stunet: torch.nn.Module, unet2d: torch.nn.Module) -> None
     missing = [k for k in target if k not in filled and k not in inserted]
     if missing:
         raise ValueError(f"STUNet weights not provided by the image model: {missing[:5]}")
+
+
+def extract_image_model(stunet: torch.nn.Module) -> UNet2DConditionModel:
+    """The image model inside a STUNet: a ``UNet2DConditionModel`` of its ``unet_config`` holding the
+    STUNet's spatial weights (the inverse of ``load_image_weights``). A widened input conv gives its
+    first ``in_channels`` input channels (the noisy-sample ones). Used to fine-tune the spatial
+    weights alone, e.g. for a style (Sec. 4.1), and blend them back (``lumiere.models.blend``)."""
+    image_model = UNet2DConditionModel.from_config(dict(stunet.config.unet_config))
+    source = stunet.state_dict()
+    weights = {}
+    for key, dest in image_model.state_dict().items():
+        value = source[stunet_key(key)]
+        if key == "conv_in.weight" and value.shape[1] > dest.shape[1]:
+            value = value[:, : dest.shape[1]]
+        weights[key] = value.detach().clone()
+    image_model.load_state_dict(weights)
+    return image_model.to(dtype=next(stunet.parameters()).dtype)

@@ -45,6 +45,13 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from lumiere.models.conditional import (
+    CONDITION_CHANNELS,
+    MaskCondition,
+    empty_condition,
+    is_conditional_stunet,
+    make_mask_condition,
+)
 from lumiere.models.ssr import (
     SAMPLING_NOISE_LEVEL,
     SSRCondition,
@@ -54,6 +61,7 @@ from lumiere.models.ssr import (
 )
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
+from lumiere.pipelines.inputs import ImageInput, MaskInput, VideoInput, load_image, load_mask, load_video
 from lumiere.pipelines.multidiffusion import (
     DEFAULT_OVERLAP,
     check_window,
@@ -185,7 +193,8 @@ class LumierePipeline(DiffusionPipeline):
         if device is not None:
             self.text_encoder.to(device)
         for model in self._networks():
-            model.to(device=device, dtype=dtype)
+            # Only the arguments given: diffusers warns on any dtype argument, even None.
+            model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
         return self
 
     @property
@@ -262,6 +271,85 @@ class LumierePipeline(DiffusionPipeline):
         return pipe
 
     # ----- steps of __call__ ------------------------------------------------------------------
+
+    def prepare_conditioning_inputs(
+        self,
+        image: ImageInput | None,
+        video: VideoInput | None,
+        mask: MaskInput | None,
+        strength: float | None,
+        num_frames: int | None,
+        height: int,
+        width: int,
+    ) -> ConditioningInputs:
+        """Read and check image / video / mask / strength; decide the task (Sec. 4).
+
+        Returns the clip length and, for conditioned tasks, the conditioning clip ``[3, f, h, w]``
+        in [-1, 1] and the known-mask ``[f, h, w]`` (1 = given pixel). Raises ``ValueError``
+        naming the argument for combinations that mean nothing or masks that do not fit.
+        """
+        if image is not None and video is not None:
+            raise ValueError(
+                "give image= or video=, not both (image: image-to-video/cinemagraph; video: inpainting/SDEdit)"
+            )
+        if mask is not None and image is None and video is None:
+            raise ValueError("mask= needs video= (inpainting) or image= (cinemagraph)")
+        if strength is not None and (video is None or mask is not None):
+            raise ValueError("strength= applies to video-to-video only: give video= without mask=")
+        if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)):
+            raise ValueError(f"num_frames={num_frames!r}: must be a positive integer")
+
+        if image is None and video is None:
+            return ConditioningInputs("text-to-video", 16 if num_frames is None else num_frames)
+        if video is not None:
+            clip = load_video(video, height, width)  # [3, f, h, w]
+            frames = clip.shape[1]
+            if num_frames is not None and num_frames != frames:
+                raise ValueError(
+                    f"num_frames={num_frames} but the video has {frames} frames; leave num_frames out "
+                    "to use the video's length, or trim the video"
+                )
+            if mask is None:
+                strength = 0.6 if strength is None else strength
+                if (
+                    isinstance(strength, bool)
+                    or not isinstance(strength, (int, float))
+                    or not 0 < strength <= 1
+                ):
+                    raise ValueError(
+                        f"strength={strength!r}: must be in (0, 1] (0.6 is typical; 1 re-generates from pure noise)"
+                    )
+                return ConditioningInputs("video-to-video", frames, clip=clip, strength=float(strength))
+            region = load_mask(mask, frames, height, width)  # [f, h, w]
+            _check_mask_covers(
+                region, "inpainting", "the video is returned unchanged", "text-to-video (no video=)"
+            )
+            return ConditioningInputs("inpainting", frames, clip=clip, known=1 - region)
+
+        frames = 16 if num_frames is None else num_frames
+        if frames < 1:
+            raise ValueError(f"num_frames={frames}: must be >= 1")
+        still = load_image(image, height, width)[:, None].expand(3, frames, height, width)  # [3, f, h, w]
+        known = torch.zeros(frames, height, width)
+        if mask is None:
+            known[0] = 1  # the image is the first frame
+            return ConditioningInputs("image-to-video", frames, clip=still.contiguous(), known=known)
+        region = load_mask(mask, frames, height, width)
+        _check_mask_covers(region, "cinemagraph", "nothing moves", "image-to-video (no mask=)")
+        known = 1 - region
+        known[0] = 1  # the first frame is the image itself
+        return ConditioningInputs("cinemagraph", frames, clip=still.contiguous(), known=known)
+
+    def sdedit_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """The last ``ceil(strength * num_inference_steps)`` timesteps of the scheduler (SDEdit).
+
+        Tells the scheduler where it starts (``set_begin_index``) so multistep solvers index right.
+        """
+        steps = max(1, min(num_inference_steps, round(strength * num_inference_steps)))
+        start = (num_inference_steps - steps) * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:]
 
     def check_inputs(
         self,
@@ -379,7 +467,7 @@ class LumierePipeline(DiffusionPipeline):
         uncond: TextEncoding | None,
         guidance_scale: float,
         model: STUNet | None = None,  # default: the base stunet
-        condition: SSRCondition | None = None,  # the SSR's low-res clip and its augmentation level
+        condition: SSRCondition | MaskCondition | None = None,  # SSR low-res clip, or base conditioning
         windows: Sequence[slice] | None = None,  # temporal windows (MultiDiffusion); None: one pass
         chunk_size: int = 1,  # windows per network call
     ) -> torch.Tensor:
@@ -400,8 +488,9 @@ class LumierePipeline(DiffusionPipeline):
             noise_level = None
             if condition is not None:
                 video = torch.cat([condition.video[:, :, window] for window in chunk_windows])
-                chunk = ssr_model_input(chunk, video)  # [k*b, c + 3, w, h, w]
-                noise_level = tile(condition.noise_level)
+                chunk = ssr_model_input(chunk, video)  # [k*b, c + c_cond, w, h, w]
+                if condition.noise_level is not None:
+                    noise_level = tile(condition.noise_level)
             return self._guided_output(
                 model,
                 chunk,
@@ -454,16 +543,17 @@ class LumierePipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None,
         model: STUNet | None = None,  # default: the base stunet
-        condition: SSRCondition | None = None,  # SSR conditioning
+        condition: SSRCondition | MaskCondition | None = None,  # SSR or base conditioning
         windows: Sequence[slice] | None = None,  # MultiDiffusion windows; None: the whole clip at once
         chunk_size: int = 1,  # windows per network call
+        timesteps: torch.Tensor | None = None,  # the scheduler's steps to run; default all (SDEdit: the tail)
     ) -> torch.Tensor:
         """Run the scheduler from noise ``[b, c, f, h, w]`` to a clean sample of the same shape.
 
         With ``windows``, every step combines the window predictions first, then takes one ordinary
         scheduler step on the whole clip: any diffusers scheduler works.
         """
-        timesteps = self.scheduler.timesteps
+        timesteps = self.scheduler.timesteps if timesteps is None else timesteps
         # Stochastic samplers draw noise in step(); diffusers schedulers take the generator(s)
         # as a keyword where they need them, and not all of them accept it.
         step_kwargs = {}
@@ -686,7 +776,7 @@ class LumierePipeline(DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str],
-        num_frames: int = 16,
+        num_frames: int | None = None,  # default: the video's frame count, else 16
         height: int | None = None,  # base height; default: the STUNet's sample size (x ssr_scale after SSR)
         width: int | None = None,  # base width; default: the STUNet's sample size (x ssr_scale after SSR)
         num_inference_steps: int = 25,
@@ -709,8 +799,28 @@ class LumierePipeline(DiffusionPipeline):
         ssr_steps: int | None = None,  # SSR denoising steps; default num_inference_steps
         ssr_guidance_scale: float = 1.0,  # SSR guidance (the low-res clip fixes the content)
         ssr_noise_level: int = SAMPLING_NOISE_LEVEL,  # augmentation of the base clip fed to the SSR
+        image: ImageInput | None = None,  # image-to-video (first frame), or cinemagraph with mask
+        video: VideoInput | None = None,  # inpainting with mask, or video-to-video (SDEdit) without
+        mask: MaskInput | None = None,  # [h, w] or [f, h, w]: 1 = region to generate / animate
+        strength: float | None = None,  # SDEdit: how much of the video is re-generated, (0, 1]; default 0.6
+        keep_known: bool = True,  # paste the given pixels (first frame, unmasked region) into the output
     ) -> LumierePipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` clips of ``num_frames`` frames.
+
+        Conditioning (Sec. 4; ``lumiere.models.conditional``; inputs as ``lumiere.pipelines.inputs``
+        accepts them: PIL, numpy in [0, 1] or uint8, file paths):
+
+        - nothing: text-to-video;
+        - ``image``: image-to-video, the image is the first frame;
+        - ``video`` + ``mask``: inpainting, ``mask`` marks the region to generate;
+        - ``image`` + ``mask``: cinemagraph, the image repeated over time with ``mask`` marking the
+          region to animate;
+        - ``video`` alone: video-to-video by SDEdit (Meng et al. 2022): the video is noised to the
+          level ``strength`` and denoised with the prompt (0: unchanged, 1: from pure noise).
+
+        The first three need a conditional model (stage ``conditional``); SDEdit works with any.
+        ``keep_known`` pastes the given pixels over the output (the model is trained to reproduce
+        them; pasting makes them exact).
 
         The base model denoises the whole clip at once (or, with ``window``, overlapping windows
         reconciled by MultiDiffusion: coherent within a window, only continuous across windows;
@@ -730,6 +840,8 @@ class LumierePipeline(DiffusionPipeline):
         default_height, default_width = _sample_size(self.stunet)
         height = default_height if height is None else height
         width = default_width if width is None else width
+        inputs = self.prepare_conditioning_inputs(image, video, mask, strength, num_frames, height, width)
+        num_frames = inputs.num_frames
         prompts = self.check_inputs(
             prompt,
             num_frames,
@@ -743,10 +855,17 @@ class LumierePipeline(DiffusionPipeline):
             output_type,
             window=window,
         )
-        if self.stunet.in_channels != self.stunet.out_channels:
+        conditional = is_conditional_stunet(self.stunet)
+        if self.stunet.in_channels != self.stunet.out_channels and not conditional:
             raise ValueError(
-                f"this STUNet takes {self.stunet.in_channels - self.stunet.out_channels} conditioning "
-                "channels (image / mask / video conditioning), which text-to-video sampling does not supply"
+                f"this STUNet takes {self.stunet.in_channels - self.stunet.out_channels} extra input channels "
+                f"but a conditional base model takes {CONDITION_CHANNELS} (masked clip and mask)"
+            )
+        if inputs.known is not None and not conditional:
+            raise ValueError(
+                f"{inputs.task} needs a conditional model (stage 'conditional', {CONDITION_CHANNELS} extra input "
+                "channels); this pipeline's stunet is text-to-video only. Video-to-video (video= without "
+                "mask=) works with any model"
             )
         windows = None
         if window is not None:
@@ -792,19 +911,47 @@ class LumierePipeline(DiffusionPipeline):
             prompts, negative_prompt, num_videos_per_prompt, do_guidance, device
         )
 
-        # 2. Timesteps.
+        # 2. Timesteps (SDEdit: only the last ``strength`` of them).
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if inputs.task == "video-to-video":
+            timesteps = self.sdedit_timesteps(num_inference_steps, inputs.strength)
 
-        # 3. Initial noise [b, c, f, h, w].
+        # 3. Initial noise [b, c, f, h, w]; SDEdit: the input video noised to the first timestep.
         shape = (num_clips, self.stunet.out_channels, num_frames, height, width)
         sample = self.prepare_noise(shape, generator, noise, device)
+        if inputs.task == "video-to-video":
+            clean = inputs.clip.to(device)[None].expand(shape)  # [b, 3, f, h, w]
+            sample = self.scheduler.add_noise(clean, sample / self.scheduler.init_noise_sigma, timesteps[:1])
 
-        # 4. Denoising loop: the whole clip at once (the base model sees every frame), or windows.
+        # 4. Conditioning of a conditional model: masked clip and known-mask (nothing known: t2v).
+        base_condition = None
+        if conditional:
+            base_condition = empty_condition(shape, device=device)
+            if inputs.known is not None:
+                base_condition = make_mask_condition(
+                    inputs.clip.to(device)[None].expand(shape),
+                    inputs.known.to(device)[None, None].expand(num_clips, 1, *shape[2:]),
+                )
+
+        # 5. Denoising loop: the whole clip at once (the base model sees every frame), or windows.
         sample = self.denoise(
-            sample, cond, uncond, guidance_scale, generator, callback, windows=windows, chunk_size=chunk_size
+            sample,
+            cond,
+            uncond,
+            guidance_scale,
+            generator,
+            callback,
+            condition=base_condition,
+            windows=windows,
+            chunk_size=chunk_size,
+            timesteps=timesteps,
         )
+        if keep_known and inputs.known is not None:
+            known = inputs.known.to(device)[None, None]  # [1, 1, f, h, w]
+            sample = known * inputs.clip.to(device)[None] + (1 - known) * sample
 
-        # 5. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
+        # 6. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
         if run_ssr:
             ssr_guidance = ssr_guidance_scale > 1.0
             ssr_cond, ssr_uncond = self.encode_prompt(
@@ -822,7 +969,7 @@ class LumierePipeline(DiffusionPipeline):
                 generator,
             )
 
-        # 6. Frames.
+        # 7. Frames.
         frames = self.postprocess(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -833,6 +980,28 @@ class LumierePipeline(DiffusionPipeline):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConditioningInputs:
+    """What ``prepare_conditioning_inputs`` read: the task, the clip length and, when conditioned,
+    the clip ``[3, f, h, w]`` in [-1, 1], the known-mask ``[f, h, w]`` and SDEdit's strength."""
+
+    task: str  # text-to-video, image-to-video, inpainting, cinemagraph, video-to-video
+    num_frames: int
+    clip: torch.Tensor | None = None
+    known: torch.Tensor | None = None  # None: nothing is kept (text-to-video, video-to-video)
+    strength: float | None = None
+
+
+def _check_mask_covers(region: torch.Tensor, task: str, if_empty: str, if_full: str) -> None:
+    """A mask that marks nothing or everything is a ``ValueError`` saying what to do instead."""
+    if not bool(region.any()):
+        raise ValueError(
+            f"mask is all zero: for {task} it must mark the region to change ({if_empty} otherwise)"
+        )
+    if bool(region.all()):
+        raise ValueError(f"mask is all one: nothing of the input is kept; use {if_full} instead")
 
 
 def _check_prompts(prompt: str | list[str]) -> list[str]:
