@@ -457,3 +457,20 @@ def test_cli_bad_conditioning_options_exit_2(saved_conditional, tmp_path, capsys
     assert info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("task", ["i2v", "inpaint", "cinemagraph", "sdedit"])
+def test_evaluate_conditional_reports_each_task(pipe, task):
+    from lumiere.eval.conditional import SDEDIT_STRENGTHS, evaluate_conditional
+
+    result = evaluate_conditional(pipe, task, count=2, num_frames=4, num_inference_steps=2)
+    assert result["task"] == task and result["count"] == 2
+    if task == "sdedit":
+        assert [float(s) for s in result["strengths"]] == list(SDEDIT_STRENGTHS)
+        assert all(0 <= r["distance_to_input"] <= 1 for r in result["strengths"].values())
+    else:
+        psnr_key = next(k for k in result if k.startswith("psnr_"))
+        # The random untrained model reproduces nothing: its own PSNR (no pasting) is low.
+        assert result[psnr_key]["mean"] < 30 and result[psnr_key]["share_at_least_30"] == 0
+    with pytest.raises(ValueError, match="task='t2v'"):
+        evaluate_conditional(pipe, "t2v", count=2)

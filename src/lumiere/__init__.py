@@ -1,5 +1,6 @@
 """lumiere: Lumiere's Space-Time U-Net video diffusion (Bar-Tal et al., 2024) on diffusers."""
 
+from lumiere.models.blend import blend_weights, load_style
 from lumiere.models.presets import build_unet2d, preset_names
 from lumiere.models.stunet import STUNet, STUNetOutput
 from lumiere.models.text import TextEncoder, load_text_encoder
@@ -14,7 +15,9 @@ __all__ = [
     "STUNetOutput",
     "TextEncoder",
     "__version__",
+    "blend_weights",
     "build_unet2d",
+    "load_style",
     "load_text_encoder",
     "preset_names",
 ]

@@ -614,6 +614,12 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=_int_at_least(1), default=8, metavar="N", help="clips per batch, >= 1"
     )
+    parser.add_argument(
+        "--task",
+        choices=("t2v", "i2v", "inpaint", "cinemagraph", "sdedit"),
+        default="t2v",
+        help="what to evaluate: text-to-video, or a conditional task (lumiere.eval.conditional)",
+    )
     parser.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the JSON here")
     parser.set_defaults(func=_run_eval, command_parser=parser)
 
@@ -633,15 +639,22 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.frames % pipe.stunet.temporal_factor:
         parser.error(f"argument --frames: must be a multiple of {pipe.stunet.temporal_factor} for this model")
     pipe.set_progress_bar_config(disable=True)
-    scores = evaluate(
-        pipe,
+    common = dict(
         count=args.count,
         seed=args.seed,
         num_frames=args.frames,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
-        batch_size=args.batch_size,
     )
+    if args.task == "t2v":
+        scores = evaluate(pipe, batch_size=args.batch_size, **common)
+    else:
+        from lumiere.eval.conditional import evaluate_conditional
+        from lumiere.models.conditional import is_conditional_stunet
+
+        if args.task != "sdedit" and not is_conditional_stunet(pipe.stunet):
+            return _fail(parser, f"--task {args.task} needs a conditional model (stage 'conditional')")
+        scores = evaluate_conditional(pipe, args.task, **common)
     text = json.dumps(scores, indent=2)
     print(text)
     if args.out is not None:

@@ -1,4 +1,4 @@
-"""Sampling pipelines: text -> base STUNet -> frames (SSR and conditioning come later)."""
+"""Sampling pipelines: text (+ image / video / mask) -> base STUNet -> SSR -> frames."""
 
 from .lumiere import (
     DEFAULT_MODEL_DIR,

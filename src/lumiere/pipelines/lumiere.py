@@ -5,7 +5,10 @@ classifier-free guidance here, not in the network) -> spatial super-resolution (
 MultiDiffusion over temporal windows (Sec. 3.2), when an SSR model is present -> frames
 ``[b, f, h, w, 3]`` in [0, 1].
 
-Image / mask / video conditioning (Sec. 4) plugs into step 4 of ``__call__`` later.
+Conditioning (Sec. 4): with a conditional base STUNet (``lumiere.models.conditional``) the same
+call does image-to-video, inpainting and cinemagraphs (``image=``, ``video=``, ``mask=``); any
+model does video-to-video by SDEdit (``video=``, ``strength=``). Stylised generation blends a
+style fine-tune into the weights first (``lumiere.models.blend.blend_weights``).
 
 Windows (``lumiere.pipelines.multidiffusion``): at every denoising step the clip is split into
 overlapping temporal windows, the network predicts each, overlapping frames are averaged, and the
