@@ -1,8 +1,8 @@
 """The web page (`lumiere serve`): request handlers in plain Python, the Gradio app, and one
 end-to-end run in headless Chromium (Debian's /usr/bin/chromium driven by Playwright).
 
-The handlers are tested on the tiny pipeline (text-to-video) and on a stand-in for the
-conditional pipeline (image / mask / video arguments), which records what it was called with.
+The handlers are tested on the tiny pipelines (text-to-video, and conditional: image, mask and
+video arguments) and, for what reaches the pipeline, on a stand-in that records its calls.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ import pytest
 import torch
 
 from lumiere.data.video_io import read_video, write_video
+from lumiere.models.conditional import build_conditional_stunet
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.stunet import STUNet
 from lumiere.pipelines import LumierePipeline
+from lumiere.web import app
 from lumiere.web.app import (
     MODES,
     Caps,
@@ -36,8 +38,11 @@ from lumiere.web.app import (
     Result,
     Settings,
     Studio,
+    first_frame,
     fit_image,
+    load_video,
     mode_support,
+    sdedit_steps,
 )
 
 PROMPT = "a red circle moving right on a black background"
@@ -45,9 +50,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 
-def tiny_pipe() -> LumierePipeline:
+def tiny_pipe(conditional: bool = False) -> LumierePipeline:
+    """The tiny text-to-video pipeline (16x16, frames in multiples of 2), or its conditional model
+    (widened to take the masked clip and the mask, Sec. 4)."""
     torch.manual_seed(0)
     stunet = STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"]).eval()
+    if conditional:
+        stunet = build_conditional_stunet(stunet)
     pipe = LumierePipeline.from_stunet(stunet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -58,6 +67,11 @@ def pipe() -> LumierePipeline:
     return tiny_pipe()
 
 
+@pytest.fixture(scope="module")
+def conditional_pipe() -> LumierePipeline:
+    return tiny_pipe(conditional=True)
+
+
 class ConditionalPipe:
     """Stands in for a LumierePipeline with image / mask / video conditioning and a 7-channel
     STUNet (16x16, frames in multiples of 2): records its calls, returns grey clips."""
@@ -66,6 +80,7 @@ class ConditionalPipe:
         self.stunet = SimpleNamespace(
             in_channels=7,
             out_channels=3,
+            noise_level_embedding=None,
             temporal_factor=2,
             spatial_factor=2,
             config=SimpleNamespace(unet_config={"sample_size": 16}),
@@ -225,32 +240,22 @@ def test_gallery_keeps_the_newest_and_deletes_older_files(tmp_path):
 
 def test_mode_support_of_a_text_to_video_model(pipe, tmp_path):
     support = mode_support(pipe)
-    assert support["text"] is None
-    for mode in ("image", "cinemagraph", "inpaint"):  # need a 7-channel model, whatever the pipeline takes
-        assert support[mode] is not None and MODES[mode] in support[mode]
+    assert support["text"] is None and support["video"] is None  # SDEdit needs no conditioning channels
+    for mode in ("image", "cinemagraph", "inpaint"):
+        assert support[mode].startswith(f"{MODES[mode]} needs a conditional model")
+        assert "--model" in support[mode]
     studio = Studio(pipe, output_dir=tmp_path)
-    with pytest.raises(InputError, match="Image to video is not available"):
+    with pytest.raises(InputError, match="Image to video needs a conditional model"):
         studio.image_to_video(PROMPT, None, np.zeros((16, 16, 3)), settings(studio))
+    assert len(studio.gallery) == 0
 
 
-def test_mode_support_reads_the_call_signature_and_the_channels():
+def test_mode_support_of_a_conditional_model(conditional_pipe):
+    assert set(mode_support(conditional_pipe).values()) == {None}
     assert set(mode_support(ConditionalPipe()).values()) == {None}
-    text_only = ConditionalPipe()
-    text_only.stunet.in_channels = 3
-    support = mode_support(text_only)
-    assert support["video"] is None  # SDEdit needs no conditioning channels
-    assert "no conditioning channels" in support["image"] and "no conditioning channels" in support["inpaint"]
-
-    class OldPipe(ConditionalPipe):
-        def __call__(self, prompt, num_frames=16, height=None, width=None, num_inference_steps=25,
-                     guidance_scale=5.0, negative_prompt=None, generator=None, callback=None, output_type="np"):  # fmt: skip
-            return super().__call__(prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-                                    negative_prompt, generator, callback, output_type)  # fmt: skip
-
-    support = mode_support(OldPipe())
-    assert support["text"] is None
-    assert "does not take video= and strength=" in support["video"]
-    assert "does not take image= and mask=" in support["cinemagraph"]
+    widened = ConditionalPipe()
+    widened.stunet.in_channels = 6  # an SSR-like input (clip + low-res clip), not (C, M)
+    assert mode_support(widened)["inpaint"] is not None
 
 
 # ----- conditional modes: what reaches the pipeline -------------------------------------------
@@ -333,6 +338,8 @@ def bad_uploads(tmp_path: Path) -> list[tuple[str, dict, str]]:
     still = str(png(tmp_path / "still.png"))
     paint = [str(painted_layer(tmp_path / "paint.png"))]
     blank = [str(painted_layer(tmp_path / "blank.png", box=(0, 0, 0, 0)))]
+    full = [str(painted_layer(tmp_path / "full.png", box=(0, 0, 40, 20)))]
+    whole = "covers the whole image, so nothing of it would be kept; leave part of it unpainted or use"
     return [
         ("image_to_video", dict(image=str(text)), "not an image this server can read"),
         ("image_to_video", dict(image=str(big)), "this server takes files up to"),
@@ -353,7 +360,13 @@ def bad_uploads(tmp_path: Path) -> list[tuple[str, dict, str]]:
             dict(video=str(short), editor={"background": still, "layers": paint}),
             "has 2 frames, fewer than the 4",
         ),
+        ("cinemagraph", dict(editor={"background": still, "layers": full}), whole + " Image to video"),
         ("inpaint", dict(video=good, editor={"background": still, "layers": []}), "Paint the region to fill"),
+        (
+            "inpaint",
+            dict(video=good, editor={"background": still, "layers": full}),
+            whole + " Video to video",
+        ),
         ("video_to_video", dict(video=str(noise), strength=0.5), "cannot be decoded"),
         ("video_to_video", dict(video=str(text), strength=0.5), "cannot be decoded"),
         ("video_to_video", dict(video=None, strength=0.5), "Upload a video first"),
@@ -381,6 +394,101 @@ def test_fit_image_mask_is_binary():
     assert fitted.shape == (8, 8) and set(np.unique(fitted)) == {0.0, 1.0}
 
 
+# ----- conditional modes on the tiny conditional model ----------------------------------------
+
+
+@pytest.fixture
+def written(monkeypatch) -> list[np.ndarray]:
+    """The clips the handlers write, as handed to write_video (before mp4 compression)."""
+    clips = []
+
+    def spy(path, video, fps=8.0):
+        clips.append(np.asarray(video))
+        return write_video(path, video, fps=fps)
+
+    monkeypatch.setattr(app, "write_video", spy)
+    return clips
+
+
+def test_image_to_video_starts_with_the_uploaded_image(conditional_pipe, written, tmp_path):
+    picture = PIL.Image.new("RGB", (16, 16), (200, 40, 0))
+    picture.paste((0, 60, 220), (0, 8, 16, 16))  # orange top, blue bottom
+    picture.save(tmp_path / "first.png")
+    expected = np.asarray(picture, dtype=np.float32) / 255
+    studio = Studio(conditional_pipe, output_dir=tmp_path / "out")
+    seen = []
+    result = studio.image_to_video(PROMPT, None, str(tmp_path / "first.png"), settings(studio, frames=4),
+                                   progress=lambda *a: seen.append(a))  # fmt: skip
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+    (clip,) = written
+    assert clip.shape == (4, 16, 16, 3) and result.shape == (4, 16, 16)
+    torch.testing.assert_close(clip[0], expected, atol=1e-6, rtol=0)  # the image itself
+    assert np.abs(clip[1:] - expected).max() > 0.1  # the following frames are generated
+    played, _ = read_video(result.path)
+    assert played.shape == (4, 16, 16, 3)
+    assert np.abs(played[0] / 255 - expected).mean() < 0.03  # through H.264
+    assert studio.gallery.items()[0][1].startswith("Image to video: ")
+
+
+def test_cinemagraph_moves_only_the_painted_region(conditional_pipe, written, tmp_path):
+    still = png(tmp_path / "still.png", size=(16, 16), color=(30, 90, 200))
+    expected = np.asarray(PIL.Image.open(still), dtype=np.float32) / 255
+    layer = painted_layer(tmp_path / "paint.png", size=(16, 16), box=(0, 0, 8, 16))  # the left half
+    studio = Studio(conditional_pipe, output_dir=tmp_path / "out")
+    studio.cinemagraph(PROMPT, None, {"background": str(still), "layers": [str(layer)], "composite": None},
+                       settings(studio, frames=4))  # fmt: skip
+    (clip,) = written
+    assert clip.shape == (4, 16, 16, 3)
+    torch.testing.assert_close(clip[0], expected, atol=1e-6, rtol=0)  # the first frame is the image
+    right = np.repeat(expected[None, :, 8:], 4, axis=0)
+    torch.testing.assert_close(clip[:, :, 8:], right, atol=1e-6, rtol=0)  # unpainted: still in every frame
+    assert np.abs(clip[1:, :, :8] - expected[:, :8]).max() > 0.1  # painted: animated
+
+
+def test_inpainting_keeps_the_unpainted_region(conditional_pipe, written, tmp_path):
+    video = mp4(tmp_path / "in.mp4", frames=6, size=(16, 16))
+    PIL.Image.fromarray(first_frame(video, Caps())).save(tmp_path / "first.png")  # what the editor shows
+    hole = painted_layer(tmp_path / "hole.png", size=(16, 16), box=(0, 0, 16, 8))  # the top half
+    studio = Studio(conditional_pipe, output_dir=tmp_path / "out")
+    editor = {"background": str(tmp_path / "first.png"), "layers": [str(hole)], "composite": None}
+    result = studio.inpaint(PROMPT, None, str(video), editor, settings(studio, frames=4))
+    (clip,) = written
+    known = load_video(video, 4, 16, 16, Caps())  # the 4 frames the handler read
+    assert clip.shape == (4, 16, 16, 3) and result.mode == "inpaint"
+    torch.testing.assert_close(clip[:, 8:], known[:, 8:], atol=1e-6, rtol=0)  # kept, in every frame
+    assert np.abs(clip[:, :8] - known[:, :8]).max() > 0.1  # filled
+
+
+def test_video_to_video_runs_on_a_text_only_model(pipe, written, tmp_path):
+    studio = Studio(pipe, output_dir=tmp_path / "out")
+    videos = [mp4(tmp_path / "a.mp4", frames=6, size=(16, 16)), tmp_path / "b.mp4"]
+    write_video(videos[1], np.zeros((6, 16, 16, 3), np.float32), fps=8)
+    seen = []
+    result = studio.video_to_video(PROMPT, None, str(videos[0]), 0.5, settings(studio, frames=4, steps=4),
+                                   progress=lambda *a: seen.append(a))  # fmt: skip
+    assert seen == [(0, 2), (1, 2), (2, 2)]  # SDEdit runs the last half of the 4 steps
+    assert result.shape == (4, 16, 16) and "4 steps · strength 0.5 ·" in result.summary
+    seen.clear()
+    studio.video_to_video(PROMPT, None, str(videos[1]), 0.3, settings(studio, frames=4, steps=4),
+                          progress=lambda *a: seen.append(a))  # fmt: skip
+    assert seen == [(0, 1), (1, 1)] and sdedit_steps(4, 0.3) == 1
+    assert np.abs(written[0] - written[1]).max() > 0.1  # same seed, another video: another clip
+
+
+def test_conditional_model_refuses_bad_uploads_and_goes_on(conditional_pipe, tmp_path):
+    studio = Studio(
+        conditional_pipe,
+        Caps(max_upload_bytes=100_000, max_upload_pixels=10_000),
+        output_dir=tmp_path / "out",
+    )
+    for handler, arguments, match in bad_uploads(tmp_path):
+        with pytest.raises(InputError, match=match):
+            getattr(studio, handler)(PROMPT, None, settings=settings(studio, frames=4), **arguments)
+    assert len(studio.gallery) == 0 and not list((tmp_path / "out").iterdir())
+    paint = {"background": str(tmp_path / "still.png"), "layers": [str(tmp_path / "paint.png")]}
+    assert studio.cinemagraph(PROMPT, None, paint, settings(studio)).path.is_file()
+
+
 # ----- the Gradio app -------------------------------------------------------------------------
 
 
@@ -398,6 +506,52 @@ def test_build_app_disables_tabs_the_model_cannot_run(pipe, tmp_path):
     assert (frames.minimum, frames.maximum, frames.step) == (2, 8, 2)
     with pytest.raises(gr.Error, match="Write a prompt"), _errors_on_page():
         demo.studio.check_prompt("")
+    assert "text-to-video only" in next(
+        b.value for b in demo.blocks.values() if b.elem_id == "lumiere-header"
+    )
+
+
+def test_image_editor_values_reach_the_handlers(conditional_pipe, tmp_path, monkeypatch):
+    """What Gradio's ImageEditor hands over (paths of PNGs whose alpha is the brush) is a mask."""
+    gr = pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+
+    from lumiere.web.ui import _handlers, _show_first_frame, build_app
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    demo = build_app(conditional_pipe, Caps(max_frames=8), output_dir=tmp_path / "out")
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert all(blocks[f"generate-{mode}"].interactive for mode in MODES)
+    handlers = _handlers(demo.studio)
+    numbers = (4, 2, 1.0, 0, 16, 16)  # frames, steps, guidance, seed, height, width
+
+    # Cinemagraph: an uploaded image, a stroke on the canvas (a blob without a file name).
+    still = FileData(path=str(png(tmp_path / "still.png", size=(32, 32))), orig_name="still.png")
+    stroke = FileData(path=str(painted_layer(tmp_path / "stroke.png", size=(32, 32), box=(0, 0, 16, 32))))
+    value = blocks["cinemagraph-input"].preprocess(
+        EditorData(background=still, layers=[stroke], composite=still)
+    )
+    assert value["layers"][0].endswith(".png")  # lossless: format="png"
+    path, summary, gallery = handlers["cinemagraph"](PROMPT, "", *numbers, value)
+    assert (
+        Path(path).is_file() and summary.startswith("Cinemagraph · 4 frames at 16×16") and len(gallery) == 1
+    )
+    unpainted = blocks["cinemagraph-input"].preprocess(
+        EditorData(background=still, layers=[], composite=still)
+    )
+    with pytest.raises(gr.Error, match="Paint the region to animate"):
+        handlers["cinemagraph"](PROMPT, "", *numbers, unpainted)
+
+    # Inpainting: the video's first frame is put in the editor, the region painted on it.
+    video = str(mp4(tmp_path / "in.mp4", frames=6, size=(32, 32)))
+    shown = blocks["inpaint-mask"].postprocess(_show_first_frame(demo.studio)(video))
+    value = blocks["inpaint-mask"].preprocess(EditorData(background=shown.background, layers=[stroke]))
+    path, summary, _ = handlers["inpaint"](PROMPT, "", *numbers, video, value)
+    assert summary.startswith("Inpainting · 4 frames at 16×16")
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(gr.Error, match="cannot be decoded"):
+        handlers["inpaint"](PROMPT, "", *numbers, str(tmp_path / "notes.mp4"), value)
 
 
 def test_cli_serve_options(tmp_path):
@@ -478,8 +632,8 @@ def test_browser_generates_a_video(tmp_path):
     )
     pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
     model = tmp_path / "tiny"
-    tiny_pipe().save_pretrained(model)
-    screenshot = tmp_path / "web-text-to-video.png"
+    tiny_pipe(conditional=True).save_pretrained(model)
+    screenshot = tmp_path / "web-image-to-video.png"
     start, timings = time.monotonic(), {}  # seconds from the start, printed for slow CI runs
 
     with lumiere_serve(model, tmp_path, "--max-frames", "8", "--max-steps", "4", "--max-upload-mb", "0.05") as url, \
@@ -498,6 +652,7 @@ def test_browser_generates_a_video(tmp_path):
             page.goto(url)
             page.wait_for_selector("#prompt textarea")
             timings["page loaded"] = time.monotonic() - start
+            assert "conditional (image, mask)" in page.inner_text("#lumiere-header")
 
             # Generate without a prompt: a message, and the page keeps working.
             page.click("#generate-text")
@@ -535,6 +690,24 @@ def test_browser_generates_a_video(tmp_path):
             )
             assert upload.status == 413
             assert browser.request.get(url).ok
+
+            # Image to video: the uploaded image is the clip's first frame.
+            first = png(tmp_path / "first.png", size=(16, 16), color=(255, 106, 0))
+            page.get_by_role("tab", name=MODES["image"]).click()
+            page.set_input_files("#image-input input[type=file]", str(first))
+            page.locator("#image-input img").wait_for()
+            page.click("#generate-image")
+            page.wait_for_function(
+                "() => document.querySelector('#result-summary').innerText.startsWith('Image to video')",
+                timeout=180_000,
+            )
+            timings["image-to-video shown"] = time.monotonic() - start
+            assert "4 frames at 16×16 · 2 steps" in page.inner_text("#result-summary")
+            source = page.evaluate("document.querySelector('#result-video video').src")
+            (tmp_path / "played-i2v.mp4").write_bytes(browser.request.get(source).body())
+            frames, _ = read_video(tmp_path / "played-i2v.mp4")
+            assert frames.shape == (4, 16, 16, 3)
+            np.testing.assert_allclose(frames[0], np.full((16, 16, 3), (255, 106, 0)), atol=12)
 
             page.screenshot(path=str(screenshot), full_page=True)
         finally:

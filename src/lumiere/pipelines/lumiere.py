@@ -344,7 +344,7 @@ class LumierePipeline(DiffusionPipeline):
         return ConditioningInputs("cinemagraph", frames, clip=still.contiguous(), known=known)
 
     def sdedit_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
-        """The last ``ceil(strength * num_inference_steps)`` timesteps of the scheduler (SDEdit).
+        """The last ``round(strength * num_inference_steps)`` (at least 1) timesteps of the scheduler (SDEdit).
 
         Tells the scheduler where it starts (``set_begin_index``) so multistep solvers index right.
         """

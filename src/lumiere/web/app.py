@@ -13,15 +13,16 @@ Modes (Bar-Tal et al. 2024, Sec. 4), with the pipeline call each makes:
     inpaint      pipe(prompt, video=V, mask=M)       regenerate the region M of the video V
     video        pipe(prompt, video=V, strength=s)   video-to-video (SDEdit from noise level s)
 
-Whether the loaded pipeline can do a mode is read at run time (``mode_support``), so the page
-says so instead of failing when the pipeline or the model lacks it.
+Image, cinemagraph and inpainting need a conditional model (the base STUNet widened to take the
+masked clip and the mask, stage ``conditional``); video-to-video (SDEdit) works with any model.
+Which modes the loaded model can run is read once (``mode_support``), so the page says so
+instead of failing.
 
 Axis legend: f frames, h height, w width; frames are numpy ``[f, h, w, 3]`` float in [0, 1].
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import tempfile
@@ -39,6 +40,7 @@ import PIL.Image
 import torch
 
 from lumiere.data.video_io import write_video
+from lumiere.models.conditional import is_conditional_stunet
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +53,14 @@ MODES: dict[str, str] = {  # mode -> label on the page
     "inpaint": "Inpainting",
     "video": "Video to video",
 }
-# Pipeline arguments each mode needs, and whether it needs a model with conditioning channels
-# (concat(noisy video, masked video C, mask M), Sec. 4); SDEdit works with any model.
-_MODE_ARGUMENTS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "text": ((), False),
-    "image": (("image",), True),
-    "cinemagraph": (("image", "mask"), True),
-    "inpaint": (("video", "mask"), True),
-    "video": (("video", "strength"), False),
+# Modes that need a conditional model: one whose STUNet also takes the masked clip C and the mask M
+# (concat(noisy video, C, M), Sec. 4). SDEdit only noises and denoises, so any model can run it.
+_NEEDS_CONDITIONAL_MODEL: dict[str, bool] = {
+    "text": False,
+    "image": True,
+    "cinemagraph": True,
+    "inpaint": True,
+    "video": False,
 }
 
 
@@ -124,6 +126,7 @@ class Result:
     settings: Settings
     shape: tuple[int, int, int]  # (f, h, w) of the written clip (after SSR)
     seconds: float  # generation time
+    strength: float | None = None  # video-to-video: how much of the video was re-generated
 
     @property
     def caption(self) -> str:
@@ -134,8 +137,9 @@ class Result:
     def summary(self) -> str:
         f, h, w = self.shape
         s = self.settings
+        strength = f"strength {self.strength:g} · " if self.strength is not None else ""
         return (
-            f"{MODES[self.mode]} · {f} frames at {w}×{h} · {s.num_inference_steps} steps · "
+            f"{MODES[self.mode]} · {f} frames at {w}×{h} · {s.num_inference_steps} steps · {strength}"
             f"guidance {s.guidance_scale:g} · seed {s.seed} · {self.seconds:.1f} s"
         )
 
@@ -183,30 +187,22 @@ class Gallery:
 def mode_support(pipe: Any) -> dict[str, str | None]:
     """For each mode, None when ``pipe`` can run it, else why not (a sentence for the page).
 
-    Two things are read: whether ``pipe.__call__`` takes the mode's arguments (older pipelines
-    generate from text only), and, for image / mask conditioning, whether the base STUNet has
-    conditioning channels (``in_channels > out_channels``), i.e. was fine-tuned for it.
+    Image, cinemagraph and inpainting need the base STUNet to be conditional
+    (``lumiere.models.conditional.is_conditional_stunet``); text and video-to-video run on any.
     """
     stunet = getattr(pipe, "stunet", None)
     if stunet is None:
         reason = "This model has no base video model (it can only upsample), so it cannot generate."
         return dict.fromkeys(MODES, reason)
-    parameters = inspect.signature(pipe.__call__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())  # **kwargs
-    has_conditioning = stunet.in_channels > stunet.out_channels
+    conditional = is_conditional_stunet(stunet)
     support: dict[str, str | None] = {}
-    for mode, (arguments, needs_conditioning) in _MODE_ARGUMENTS.items():
-        missing = [] if takes_any else [name for name in arguments if name not in parameters]
-        if missing:
+    for mode, needs_conditional_model in _NEEDS_CONDITIONAL_MODEL.items():
+        if needs_conditional_model and not conditional:
             support[mode] = (
-                f"{MODES[mode]} is not available: this version of {type(pipe).__name__} does not take "
-                f"{' and '.join(name + '=' for name in missing)} yet."
-            )
-        elif needs_conditioning and not has_conditioning:
-            support[mode] = (
-                f"{MODES[mode]} is not available with this model: it has no conditioning channels "
-                "(it was trained for text-to-video only). Load a model fine-tuned for image and "
-                "mask conditioning (Lumiere Sec. 4) with --model."
+                f"{MODES[mode]} needs a conditional model (fine-tuned to take an image or a video with "
+                "a mask: stage 'conditional', Lumiere Sec. 4); this model generates from text only. "
+                f"Serve a conditional model with --model. {MODES['text']} and {MODES['video']} work "
+                "with this one."
             )
         else:
             support[mode] = None
@@ -316,12 +312,14 @@ def load_mask(
     width: int,
     caps: Caps,
     what: str = "region",
+    instead: str = "",  # what to use when everything is painted, e.g. "use Image to video"
 ) -> tuple[PIL.Image.Image, np.ndarray]:
     """An image-editor value -> (background image, mask float32 ``[h, w]`` in {0, 1}).
 
     ``editor`` is ``{"background": image, "layers": [image, ...], "composite": image}`` (Gradio's
     ImageEditor; images as paths, PIL or arrays). The mask is every pixel painted on any layer
-    (alpha > 0), cropped and resized like the background. ``InputError`` when nothing is painted.
+    (alpha > 0), cropped and resized like the background. ``InputError`` when nothing is painted,
+    or everything (the model then has nothing to keep).
     """
     if not editor or editor.get("background") is None:
         raise InputError("Upload an image first, then paint the region on it.")
@@ -340,6 +338,11 @@ def load_mask(
     mask = fit_image(mask_image, height, width, mask=True)
     if not mask.any():
         raise InputError(f"The painted {what} vanishes at {width}×{height}; paint a larger region.")
+    if mask.all():
+        raise InputError(
+            f"The painted {what} covers the whole image, so nothing of it would be kept; leave part of "
+            f"it unpainted{' or ' + instead if instead else ''}."
+        )
     return background, mask
 
 
@@ -555,7 +558,10 @@ class Studio:
         progress: ProgressFn | None = None,
     ) -> Result:
         self.check_mode("cinemagraph")
-        background, mask = load_mask(editor, settings.height, settings.width, self.caps, "region to animate")
+        background, mask = load_mask(
+            editor, settings.height, settings.width, self.caps, "region to animate",
+            instead=f"use {MODES['image']} to animate everything",
+        )  # fmt: skip
         image = fit_image(background, settings.height, settings.width)
         return self.generate(
             "cinemagraph", prompt, negative_prompt, settings, progress, image=image, mask=mask
@@ -572,7 +578,10 @@ class Studio:
     ) -> Result:
         self.check_mode("inpaint")
         frames = load_video(video, settings.num_frames, settings.height, settings.width, self.caps)
-        _, mask = load_mask(editor, settings.height, settings.width, self.caps, "region to fill")
+        _, mask = load_mask(
+            editor, settings.height, settings.width, self.caps, "region to fill",
+            instead=f"use {MODES['video']} to change everything",
+        )  # fmt: skip
         masks = np.repeat(mask[None], settings.num_frames, axis=0)  # [h, w] -> [f, h, w], fixed in time
         return self.generate("inpaint", prompt, negative_prompt, settings, progress, video=frames, mask=masks)
 
@@ -610,20 +619,24 @@ class Studio:
     ) -> Result:
         """Run the pipeline once, write the mp4, add it to the gallery.
 
-        ``progress(done, total)`` is called after every denoising step of the base model. Past
+        ``progress(done, total)`` is called after every denoising step of the base model (SDEdit
+        runs only the last ``strength`` of the steps: ``total`` counts those). Past
         ``caps.timeout_s`` the next step raises ``GenerationTimeout`` (the work stops there).
         """
         self.check_mode(mode)
         prompt = self.check_prompt(prompt)
         negative = negative_prompt.strip() if negative_prompt and negative_prompt.strip() else None
+        strength = conditioning.get("strength")
         total = settings.num_inference_steps
+        if strength is not None:
+            total = sdedit_steps(total, strength)
         with self._lock:
             start = time.monotonic()
             deadline = start + self.caps.timeout_s
 
             def callback(step: int, timestep: torch.Tensor, sample: torch.Tensor) -> None:
                 if progress is not None:
-                    progress(step + 1, total)
+                    progress(min(step + 1, total), total)
                 if time.monotonic() > deadline:
                     raise GenerationTimeout(
                         f"Generation took longer than {self.caps.timeout_s:g} s and was stopped after "
@@ -655,10 +668,16 @@ class Studio:
             self._count += 1
             path = self.output_dir / f"lumiere-{self._count:04d}-{mode}-{_slug(prompt)}.mp4"
         write_video(path, frames, fps=self.caps.fps)
-        result = Result(path, mode, prompt, settings, tuple(frames.shape[:3]), seconds)
+        result = Result(path, mode, prompt, settings, tuple(frames.shape[:3]), seconds, strength)
         self.gallery.add(result)
         logger.info("wrote %s (%.1f s)", path, seconds)
         return result
+
+
+def sdedit_steps(num_inference_steps: int, strength: float) -> int:
+    """The denoising steps video-to-video runs: the last ``strength`` of them, at least one (as
+    ``LumierePipeline.sdedit_timesteps`` counts them; the progress bar's total)."""
+    return max(1, min(num_inference_steps, round(strength * num_inference_steps)))
 
 
 def _cause(err: BaseException) -> str:
@@ -705,4 +724,5 @@ __all__: Sequence[str] = [
     "load_mask",
     "load_video",
     "mode_support",
+    "sdedit_steps",
 ]

@@ -153,9 +153,11 @@ def _describe(studio: Studio) -> str:
     pipe = studio.pipe
     name = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None) or "in memory"
     ssr = f", upsampled ×{studio.ssr_scale} by the SSR model" if studio.ssr_scale > 1 else ""
+    conditional = studio.support["image"] is None
     return (
         f"Model: `{name}` · {studio.default_width}×{studio.default_height} base{ssr} · "
-        f"frames in multiples of {studio.frame_step}"
+        f"frames in multiples of {studio.frame_step} · "
+        + ("conditional (image, mask)" if conditional else "text-to-video only")
     )
 
 
@@ -236,6 +238,7 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                             brush=gr.Brush(colors=[("#ff6a00", 0.6)], color_mode="fixed"),
                             layers=False,
                             transforms=(),
+                            format="png",  # strokes saved losslessly: their alpha is the mask
                             height=300,
                             elem_id="cinemagraph-input",
                         )
@@ -254,8 +257,13 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                             brush=gr.Brush(colors=[("#ff6a00", 0.6)], color_mode="fixed"),
                             layers=False,
                             transforms=(),
+                            format="png",  # strokes saved losslessly: their alpha is the mask
                             height=300,
                             elem_id="inpaint-mask",
+                        )
+                        gr.Markdown(
+                            "Upload a video, then paint on its first frame the region to fill; the rest "
+                            "of every frame is kept."
                         )
                         source.change(_show_first_frame(studio), inputs=source, outputs=hole, queue=False)
                         inputs["inpaint"] = [source, hole]
@@ -267,6 +275,10 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                             0.05, 1.0, value=0.6, step=0.05, label="Strength",
                             info="how much to change: 1 ignores the video, small values keep it close",
                         )  # fmt: skip
+                        gr.Markdown(
+                            "The video is noised to the level Strength and denoised with the prompt "
+                            "(SDEdit); any model can do this."
+                        )
                         inputs["video"] = [clip, strength]
                         buttons["video"] = _generate_button("video", support)
                 with gr.Accordion("Settings", open=True):
