@@ -121,6 +121,18 @@ def test_make_sampling_scheduler(name, cls):
         make_sampling_scheduler("heun")
 
 
+def test_named_samplers_solve_the_same_ode(pipe):
+    """DDIM (eta 0), Euler and DPM-Solver++ integrate the same probability-flow ODE: from the same
+    noise they must land close together. DDIM's default x0 clamp (clip_sample) would break this."""
+    clips = {}
+    for name in ("dpm++", "ddim", "euler"):
+        swapped = with_scheduler(pipe, make_sampling_scheduler(name, pipe.scheduler.config))
+        clips[name] = swapped(PROMPT, num_frames=2, num_inference_steps=30, generator=seeded(0)).frames
+    assert np.abs(clips["ddim"] - clips["dpm++"]).mean() < 0.01
+    assert np.abs(clips["euler"] - clips["dpm++"]).mean() < 0.01
+    assert make_sampling_scheduler("ddim").config.clip_sample is False
+
+
 # ----- seeds and batches ----------------------------------------------------------------------
 
 

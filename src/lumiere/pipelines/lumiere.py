@@ -86,7 +86,7 @@ SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (co
 # the training DDPM config says "leading", which would start at t = 960 of 1000 with 25 steps.
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "dpm++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", timestep_spacing="trailing")),
-    "ddim": (DDIMScheduler, dict(timestep_spacing="trailing")),
+    "ddim": (DDIMScheduler, dict(timestep_spacing="trailing", clip_sample=False)),  # no x0 clamp: the same ODE as the others
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
 }
 
