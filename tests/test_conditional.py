@@ -474,3 +474,18 @@ def test_evaluate_conditional_reports_each_task(pipe, task):
         assert result[psnr_key]["mean"] < 30 and result[psnr_key]["share_at_least_30"] == 0
     with pytest.raises(ValueError, match="task='t2v'"):
         evaluate_conditional(pipe, "t2v", count=2)
+
+
+def test_evaluate_style_rows_per_alpha(pipe):
+    from lumiere.eval.style import evaluate_style
+
+    itself = extract_image_model(pipe.stunet)  # blending a model with its own weights changes nothing
+    result = evaluate_style(pipe, itself, alphas=(0.0, 1.0), count=2, num_frames=4, num_inference_steps=2)
+    rows = result["alphas"]
+    assert list(rows) == ["0.0", "1.0"]
+    assert rows["0.0"] == rows["1.0"]
+    original = pipe.stunet
+    evaluate_style(
+        pipe, randomise(build_unet2d("tiny"), 9), alphas=(1.0,), count=1, num_frames=4, num_inference_steps=1
+    )
+    assert pipe.stunet is original  # the pipeline gets its own weights back

@@ -63,6 +63,19 @@ def _float_in(low: float, high: float, low_open: bool = False) -> Callable[[str]
     return parse
 
 
+def _float_list_in(low: float, high: float) -> Callable[[str], tuple[float, ...]]:
+    """argparse type: comma-separated floats, each in [low, high]."""
+    one = _float_in(low, high)
+
+    def parse(text: str) -> tuple[float, ...]:
+        parts = [part for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError("must list at least one number")
+        return tuple(one(part.strip()) for part in parts)
+
+    return parse
+
+
 def _existing_file(text: str) -> Path:
     """argparse type: the path of an existing file."""
     path = Path(text)
@@ -616,9 +629,24 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--task",
-        choices=("t2v", "i2v", "inpaint", "cinemagraph", "sdedit"),
+        choices=("t2v", "i2v", "inpaint", "cinemagraph", "sdedit", "style"),
         default="t2v",
-        help="what to evaluate: text-to-video, or a conditional task (lumiere.eval.conditional)",
+        help="what to evaluate: text-to-video, a conditional task (lumiere.eval.conditional), or weight "
+        "blending with --style (lumiere.eval.style)",
+    )
+    parser.add_argument(
+        "--style",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="--task style: the style fine-tune (image-model or STUNet directory)",
+    )
+    parser.add_argument(
+        "--alphas",
+        type=_float_list_in(0.0, 1.0),
+        default=(0.0, 0.25, 0.5, 0.75, 1.0),
+        metavar="A,B,...",
+        help="--task style: blend weights to compare, each in [0, 1]",
     )
     parser.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the JSON here")
     parser.set_defaults(func=_run_eval, command_parser=parser)
@@ -646,8 +674,19 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
     )
+    if (args.task == "style") != (args.style is not None):
+        parser.error("argument --style: give it with --task style, and only then")
     if args.task == "t2v":
         scores = evaluate(pipe, batch_size=args.batch_size, **common)
+    elif args.task == "style":
+        from lumiere.eval.style import evaluate_style
+        from lumiere.models.blend import load_style
+
+        try:
+            styled = load_style(args.style)
+        except FileNotFoundError as err:
+            return _fail(parser, str(err))
+        scores = evaluate_style(pipe, styled, alphas=args.alphas, batch_size=args.batch_size, **common)
     else:
         from lumiere.eval.conditional import evaluate_conditional
         from lumiere.models.conditional import is_conditional_stunet
