@@ -86,7 +86,10 @@ SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (co
 # the training DDPM config says "leading", which would start at t = 960 of 1000 with 25 steps.
 SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "dpm++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", timestep_spacing="trailing")),
-    "ddim": (DDIMScheduler, dict(timestep_spacing="trailing", clip_sample=False)),  # no x0 clamp: the same ODE as the others
+    "ddim": (
+        DDIMScheduler,
+        dict(timestep_spacing="trailing", clip_sample=False),
+    ),  # no x0 clamp: the same ODE as the others
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
 }
 
@@ -550,11 +553,15 @@ class LumierePipeline(DiffusionPipeline):
         windows: Sequence[slice] | None = None,  # MultiDiffusion windows; None: the whole clip at once
         chunk_size: int = 1,  # windows per network call
         timesteps: torch.Tensor | None = None,  # the scheduler's steps to run; default all (SDEdit: the tail)
+        known_pixels: KnownPixels | None = None,  # re-impose given pixels after every step (inpainting etc.)
     ) -> torch.Tensor:
         """Run the scheduler from noise ``[b, c, f, h, w]`` to a clean sample of the same shape.
 
         With ``windows``, every step combines the window predictions first, then takes one ordinary
-        scheduler step on the whole clip: any diffusers scheduler works.
+        scheduler step on the whole clip: any diffusers scheduler works. With ``known_pixels``, the
+        given pixels, noised to the level the sample has reached, replace the sample's there after
+        every step (the replacement method of diffusers' inpainting pipelines; Lugmayr et al. 2022
+        without resampling), and exactly after the last.
         """
         timesteps = self.scheduler.timesteps if timesteps is None else timesteps
         # Stochastic samplers draw noise in step(); diffusers schedulers take the generator(s)
@@ -568,6 +575,9 @@ class LumierePipeline(DiffusionPipeline):
                     sample, timestep, cond, uncond, guidance_scale, model, condition, windows, chunk_size
                 )
                 sample = self.scheduler.step(model_output, timestep, sample, **step_kwargs).prev_sample
+                if known_pixels is not None:
+                    following = timesteps[step + 1 : step + 2]  # the level the sample is now at; none: clean
+                    sample = known_pixels.impose(sample, self.scheduler, following)
                 if callback is not None:
                     callback(step, timestep, sample)
                 progress.update()
@@ -806,7 +816,7 @@ class LumierePipeline(DiffusionPipeline):
         video: VideoInput | None = None,  # inpainting with mask, or video-to-video (SDEdit) without
         mask: MaskInput | None = None,  # [h, w] or [f, h, w]: 1 = region to generate / animate
         strength: float | None = None,  # SDEdit: how much of the video is re-generated, (0, 1]; default 0.6
-        keep_known: bool = True,  # paste the given pixels (first frame, unmasked region) into the output
+        keep_known: bool = True,  # re-impose the given pixels (first frame, unmasked region) at every step
     ) -> LumierePipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` clips of ``num_frames`` frames.
 
@@ -822,8 +832,10 @@ class LumierePipeline(DiffusionPipeline):
           level ``strength`` and denoised with the prompt (0: unchanged, 1: from pure noise).
 
         The first three need a conditional model (stage ``conditional``); SDEdit works with any.
-        ``keep_known`` pastes the given pixels over the output (the model is trained to reproduce
-        them; pasting makes them exact).
+        ``keep_known`` re-imposes the given pixels, noised to the current level, after every
+        denoising step and exactly at the end (the model is trained to reproduce them; this makes
+        them exact and keeps the generated part consistent with them). ``keep_known=False``
+        shows the model's own reproduction.
 
         The base model denoises the whole clip at once (or, with ``window``, overlapping windows
         reconciled by MultiDiffusion: coherent within a window, only continuous across windows;
@@ -937,7 +949,16 @@ class LumierePipeline(DiffusionPipeline):
                     inputs.known.to(device)[None, None].expand(num_clips, 1, *shape[2:]),
                 )
 
-        # 5. Denoising loop: the whole clip at once (the base model sees every frame), or windows.
+        # 5. Denoising loop: the whole clip at once (the base model sees every frame), or windows;
+        #    with keep_known, the given pixels are re-imposed after every step.
+        known_pixels = None
+        if keep_known and inputs.known is not None:
+            generators = generator if isinstance(generator, (list, tuple)) else [generator] * num_clips
+            known_pixels = KnownPixels(
+                clip=inputs.clip.to(device)[None],
+                known=inputs.known.to(device)[None, None],
+                noise=torch.cat([_randn((1, *shape[1:]), g, device) for g in generators]),
+            )
         sample = self.denoise(
             sample,
             cond,
@@ -949,10 +970,10 @@ class LumierePipeline(DiffusionPipeline):
             windows=windows,
             chunk_size=chunk_size,
             timesteps=timesteps,
+            known_pixels=known_pixels,
         )
-        if keep_known and inputs.known is not None:
-            known = inputs.known.to(device)[None, None]  # [1, 1, f, h, w]
-            sample = known * inputs.clip.to(device)[None] + (1 - known) * sample
+        if known_pixels is not None:  # exact after the last step (also for a final step that is not 0)
+            sample = known_pixels.impose(sample, self.scheduler, timesteps[:0])
 
         # 6. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
         if run_ssr:
@@ -983,6 +1004,24 @@ class LumierePipeline(DiffusionPipeline):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KnownPixels:
+    """Given pixels to re-impose during sampling: clip ``[1, 3, f, h, w]`` in [-1, 1], known-mask
+    ``[1, 1, f, h, w]`` (1 = given) and a fixed noise ``[b, 3, f, h, w]`` to noise them with."""
+
+    clip: torch.Tensor
+    known: torch.Tensor
+    noise: torch.Tensor
+
+    def impose(self, sample: torch.Tensor, scheduler: SchedulerMixin, timestep: torch.Tensor) -> torch.Tensor:
+        """``sample`` with the known pixels replaced by the clip noised to ``timestep`` (a 1-element
+        tensor; empty: the clean clip)."""
+        clip = self.clip.expand_as(sample)
+        if len(timestep):
+            clip = scheduler.add_noise(clip, self.noise, timestep.reshape(1).expand(sample.shape[0]))
+        return self.known * clip + (1 - self.known) * sample
 
 
 @dataclass
