@@ -10,7 +10,17 @@ A checkpoint is a directory ``step_XXXXXXXX/`` holding
     manifest.json           sha256 of every file above, written last
 
 A kill at any moment leaves either the previous checkpoints or the new one complete: the
-directory only gets its final name once every file (the manifest last) is on disk.
+directory only gets its final name once every file (the manifest last) is on disk, and a
+checkpoint leaves its final name (an atomic rename) before any of its files is deleted. Directories
+a kill interrupted are ignored by ``list_checkpoints`` and removed by the next ``save_checkpoint``:
+
+    step_XXXXXXXX.tmp        a write that never finished
+    step_XXXXXXXX.deleting   an old checkpoint being deleted
+    step_XXXXXXXX.replaced   the previous copy of a step written twice; complete, and listed in
+                             place of step_XXXXXXXX should a kill fall between the two renames
+
+Saved models (``STUNet.save_pretrained``) carry the same protection against silent corruption:
+``write_checksums`` / ``verify_checksums`` keep the sha256 of their weight files.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,12 +41,16 @@ from safetensors.torch import load_file, save_file
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+CHECKSUMS = "checksums.json"  # sha256 of a saved model's weight files (write_checksums)
 _PREFIX = "step_"
-_TMP_SUFFIX = ".tmp"
+_TMP_SUFFIX = ".tmp"  # a checkpoint being written
+_DELETING_SUFFIX = ".deleting"  # a checkpoint being deleted
+_REPLACED_SUFFIX = ".replaced"  # the previous copy of a step being written again
+_NAME = re.compile(rf"{_PREFIX}(\d+)({re.escape(_REPLACED_SUFFIX)})?")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or corrupted."""
+    """A checkpoint or saved model file that is missing, truncated or corrupted."""
 
 
 def _sha256(path: Path) -> str:
@@ -59,21 +74,48 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temporary directories are ignored)."""
+    """Complete checkpoints under ``root``, oldest first, one per step.
+
+    Directories of interrupted writes and deletions are ignored; a ``.replaced`` copy stands in
+    for its step only when the step's own directory is missing.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(_PREFIX) and not p.name.endswith(_TMP_SUFFIX)
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+    by_step: dict[int, Path] = {}
+    for path in root.iterdir():
+        match = _NAME.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        step, replaced = int(match.group(1)), match.group(2) is not None
+        if not replaced or step not in by_step:
+            by_step[step] = path
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
     checkpoints = list_checkpoints(root)
     return checkpoints[-1] if checkpoints else None
+
+
+def load_latest_checkpoint(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint under ``root`` that verifies, and its contents (``load_checkpoint``).
+
+    A damaged newer checkpoint (a disk fault: kills cannot leave one) is skipped with a warning
+    for the one before it. None when ``root`` holds no checkpoint; ``CheckpointError`` when every
+    one is damaged.
+    """
+    checkpoints = list_checkpoints(root)
+    if not checkpoints:
+        return None
+    for path in reversed(checkpoints):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as error:
+            logger.warning("skipping a damaged checkpoint: %s", error)
+    raise CheckpointError(
+        f"no checkpoint under {root} could be loaded: all {len(checkpoints)} are damaged (see the warnings)"
+    )
 
 
 def save_checkpoint(
@@ -88,10 +130,9 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically and delete all but the newest ``keep``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_interrupted(root)
     final = checkpoint_dir(root, step)
-    tmp = final.with_name(final.name + _TMP_SUFFIX)
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left over from a kill during an earlier write
+    tmp = _renamed(final, _TMP_SUFFIX)
     tmp.mkdir()
     files = {
         "model.safetensors": lambda p: save_file(_contiguous(model_state), p),
@@ -109,14 +150,48 @@ def save_checkpoint(
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _fsync(tmp / MANIFEST)
     _fsync(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    previous = None
+    if final.exists():  # the same step written again (e.g. a stop right after a periodic checkpoint)
+        previous = _renamed(final, _REPLACED_SUFFIX)
+        os.replace(final, previous)
     os.replace(tmp, final)
     _fsync(root)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     logger.info("checkpoint written: %s", final)
     return final
+
+
+def _renamed(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _delete(path: Path) -> None:
+    """Remove a checkpoint without ever showing it half-deleted: rename it out of the checkpoint
+    names first (atomic), then delete its files."""
+    trash = _renamed(path, _DELETING_SUFFIX)
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_interrupted(root: Path) -> None:
+    """Clear what kills left behind: unfinished writes and deletions, and ``.replaced`` copies
+    (renamed back when the kill fell between the two renames of a rewrite)."""
+    for path in list(root.iterdir()):  # a snapshot: entries are renamed and removed below
+        if not (path.is_dir() and path.name.startswith(_PREFIX)):
+            continue
+        if path.name.endswith(_REPLACED_SUFFIX):
+            final = path.with_name(path.name[: -len(_REPLACED_SUFFIX)])
+            if not final.exists():
+                os.replace(path, final)
+                continue
+        if path.name.endswith((_TMP_SUFFIX, _DELETING_SUFFIX, _REPLACED_SUFFIX)):
+            logger.info("removing %s, left by an interrupted checkpoint write", path)
+            shutil.rmtree(path)
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -126,19 +201,45 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def verify_checkpoint(path: str | Path) -> None:
     """Raise ``CheckpointError`` naming the file if anything is missing or its checksum differs."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    if not (path / MANIFEST).is_file():
         raise CheckpointError(f"checkpoint {path} has no {MANIFEST}: it is incomplete")
+    _verify_sums(path, MANIFEST, "checkpoint file")
+
+
+def _verify_sums(directory: Path, sums_name: str, what: str) -> None:
+    """Check every file listed in ``directory / sums_name`` against its sha256."""
+    sums_path = directory / sums_name
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{manifest_path} is corrupted: {error}") from error
-    for name, expected in manifest.items():
-        file = path / name
+        sums = json.loads(sums_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{sums_path} is corrupted: {error}") from error
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{sums_path} is corrupted: expected a mapping of file names to sha256")
+    for name, expected in sums.items():
+        file = directory / name
         if not file.is_file():
-            raise CheckpointError(f"checkpoint file {file} is missing")
+            raise CheckpointError(f"{what} {file} is missing")
         if _sha256(file) != expected:
-            raise CheckpointError(f"checkpoint file {file} is corrupted or truncated (sha256 mismatch)")
+            raise CheckpointError(f"{what} {file} is corrupted or truncated (sha256 mismatch)")
+
+
+def write_checksums(directory: str | Path, names: list[str]) -> None:
+    """Write ``CHECKSUMS``: the sha256 of each named file of a saved model (fsynced, written last)."""
+    directory = Path(directory)
+    sums = {}
+    for name in names:
+        _fsync(directory / name)
+        sums[name] = _sha256(directory / name)
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
+    _fsync(directory / CHECKSUMS)
+
+
+def verify_checksums(directory: str | Path) -> None:
+    """Raise ``CheckpointError`` naming the file if a file listed in ``CHECKSUMS`` is missing or
+    differs. Directories saved without ``CHECKSUMS`` pass (nothing to check against)."""
+    directory = Path(directory)
+    if (directory / CHECKSUMS).is_file():
+        _verify_sums(directory, CHECKSUMS, "weights file")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -153,21 +153,31 @@ def write_video(path: str | Path, video: np.ndarray | torch.Tensor, fps: float =
     return path
 
 
+def _undecodable(path: Path, error: Exception) -> ValueError:
+    """The error for a file FFmpeg cannot read; PyAV's own message may name only the codec call."""
+    return ValueError(
+        f"{str(path)!r} could not be decoded: the file is corrupted, truncated or not a video ({error})"
+    )
+
+
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode every frame of a video file -> (uint8 [f, h, w, 3], fps).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one with no video frames;
-    PyAV's own errors (``av.error.FFmpegError``) propagate for undecodable files.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for one that
+    is corrupted, truncated, not a video, or has no video frames.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video file at {str(path)!r}")
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{str(path)!r} has no video stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{str(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    except (av.error.FFmpegError, EOFError) as error:
+        raise _undecodable(path, error) from error
     if not frames:
         raise ValueError(f"{str(path)!r} has no decodable video frames")
     return np.stack(frames), float(rate) if rate else 0.0
@@ -177,26 +187,35 @@ def read_video_timed(path: str | Path, until: float | None = None) -> tuple[list
     """Decode frames with their presentation times in seconds (from the first frame's).
 
     Stops after the first frame at or past ``until`` seconds, if given. Frames are uint8 [h, w, 3].
+    Errors as ``read_video``.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {str(path)!r}")
     frames: list[np.ndarray] = []
     times: list[float] = []
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{str(path)!r} has no video stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        step = 1.0 / float(rate) if rate else None
-        for frame in container.decode(stream):
-            if frame.time is not None:
-                time = float(frame.time)
-            elif step is not None:
-                time = times[-1] + step if times else 0.0
-            else:
-                raise ValueError(f"{str(path)!r}: frames carry no timestamps and the stream no frame rate")
-            frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(time)
-            if until is not None and time - times[0] >= until:
-                break
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{str(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            step = 1.0 / float(rate) if rate else None
+            for frame in container.decode(stream):
+                if frame.time is not None:
+                    time = float(frame.time)
+                elif step is not None:
+                    time = times[-1] + step if times else 0.0
+                else:
+                    raise ValueError(
+                        f"{str(path)!r}: frames carry no timestamps and the stream no frame rate"
+                    )
+                frames.append(frame.to_ndarray(format="rgb24"))
+                times.append(time)
+                if until is not None and time - times[0] >= until:
+                    break
+    except (av.error.FFmpegError, EOFError) as error:
+        raise _undecodable(path, error) from error
     if not frames:
         raise ValueError(f"{str(path)!r} has no decodable video frames")
     start = times[0]

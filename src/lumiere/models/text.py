@@ -205,7 +205,12 @@ class TextEncoder(nn.Module):
             raise FileNotFoundError(
                 f"{path} not found: not a directory written by TextEncoder.save_pretrained"
             )
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is corrupted (not valid JSON: {error})") from error
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} is corrupted: expected a JSON object, got {type(config).__name__}")
         kind = config.get("kind")
         if kind not in ENCODER_KINDS:
             raise ValueError(f"{path}: unknown text encoder kind {kind!r}; known: {sorted(ENCODER_KINDS)}")

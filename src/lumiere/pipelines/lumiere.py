@@ -65,6 +65,7 @@ from lumiere.models.ssr import (
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
 from lumiere.pipelines.inputs import ImageInput, MaskInput, VideoInput, load_image, load_mask, load_video
+from lumiere.pipelines.memory import check_sampling_memory
 from lumiere.pipelines.multidiffusion import (
     DEFAULT_OVERLAP,
     check_window,
@@ -758,8 +759,11 @@ class LumierePipeline(DiffusionPipeline):
             noise_level,
         )
 
-        # 1. Text states per clip.
+        # 1. Text states per clip (after a memory check of the SSR pass).
         device = self._execution_device
+        check_sampling_memory(self.ssr, batch, num_frames, height * self.ssr_scale, width * self.ssr_scale,
+                              guidance_scale > 1.0, device, window=window, chunk_size=chunk_size,
+                              text_tokens=self.text_encoder.max_length, name="the SSR model")  # fmt: skip
         do_guidance = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(prompts, negative_prompt, 1, do_guidance, device)
 
@@ -920,6 +924,12 @@ class LumierePipeline(DiffusionPipeline):
         device = self._execution_device
         do_guidance = guidance_scale > 1.0
         num_clips = len(prompts) * num_videos_per_prompt
+        check_sampling_memory(self.stunet, num_clips, num_frames, height, width, do_guidance, device,
+                              window=window, chunk_size=chunk_size, text_tokens=self.text_encoder.max_length)  # fmt: skip
+        if run_ssr:
+            check_sampling_memory(self.ssr, num_clips, num_frames, height * self.ssr_scale, width * self.ssr_scale,
+                                  ssr_guidance_scale > 1.0, device, window=ssr_window, chunk_size=ssr_chunk_size,
+                                  text_tokens=self.text_encoder.max_length, name="the SSR model")  # fmt: skip
 
         # 1. Text states per clip: conditional and (with guidance) unconditional.
         cond, uncond = self.encode_prompt(
