@@ -91,9 +91,8 @@ GAPS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="not refused with a ValueError yet (docs/reliability.md)")
 @pytest.mark.parametrize("kwargs, name", GAPS, ids=[",".join(k) for k, _ in GAPS])
-def test_bad_pipeline_argument_not_yet_refused(pipe, kwargs, name):
+def test_bad_pipeline_argument_type_is_refused(pipe, kwargs, name):
     with pytest.raises(ValueError, match=name):
         pipe(**{"prompt": PROMPT, **FAST, "generator": seeded(), **kwargs})
 

@@ -391,7 +391,6 @@ def test_corrupted_text_encoder_config_names_the_file(pipeline_copy):
         LumierePipeline.from_pretrained(pipeline_copy)
 
 
-@pytest.mark.xfail(strict=True, reason="JSONDecodeError without the file name; fix in pipelines/lumiere.py")
 @pytest.mark.parametrize("name", ["model_index.json", "scheduler/scheduler_config.json"])
 def test_corrupted_pipeline_json_names_the_file(pipeline_copy, name):
     (pipeline_copy / name).write_text('{"_class_name": "Lum')

@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -252,7 +253,7 @@ class LumierePipeline(DiffusionPipeline):
                 f"{directory / MODEL_INDEX} not found: {str(directory)!r} is not a directory written by "
                 "LumierePipeline.save_pretrained"
             )
-        index = json.loads((directory / MODEL_INDEX).read_text())
+        index = _read_json(directory / MODEL_INDEX)
         listed = {name: _is_listed(index.get(name)) for name in ("stunet", "ssr")}
         if "stunet" not in index:  # written before the base model became optional
             listed["stunet"] = True
@@ -378,6 +379,17 @@ class LumierePipeline(DiffusionPipeline):
                 "this pipeline has no base stunet (an upsampling-only pipeline): use pipe.upsample(video, prompt)"
             )
         prompts = _check_prompts(prompt)
+        for name, value in (
+            ("num_frames", num_frames),
+            ("height", height),
+            ("width", width),
+            ("num_inference_steps", num_inference_steps),
+            ("num_videos_per_prompt", num_videos_per_prompt),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}={value!r}: must be an integer")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number >= 0")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             if len(negative_prompt) != len(prompts):
                 raise ValueError(
@@ -1058,6 +1070,8 @@ def _check_mask_covers(region: torch.Tensor, task: str, if_empty: str, if_full: 
 
 def _check_prompts(prompt: str | list[str]) -> list[str]:
     """The prompts as a list; ``ValueError`` for an empty list or an empty / non-string prompt."""
+    if not isinstance(prompt, (str, list, tuple)):
+        raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("prompt is an empty list; give at least one non-empty prompt")
@@ -1106,6 +1120,14 @@ def _alphas_cumprod(scheduler: SchedulerMixin) -> torch.Tensor:
     return torch.as_tensor(table)
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file; a corrupted one is a ``ValueError`` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is corrupted (not valid JSON: {error})") from error
+
+
 def _is_listed(entry: Any) -> bool:
     """Whether a model_index.json entry names a component (``[library, class]``, not ``[null, null]``)."""
     return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None
@@ -1143,7 +1165,7 @@ def _load_scheduler(directory: Path) -> SchedulerMixin:
     config_path = directory / SchedulerMixin.config_name
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found")
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path)
     class_name = config.get("_class_name")
     scheduler_cls = getattr(diffusers, str(class_name), None)
     if not (isinstance(scheduler_cls, type) and issubclass(scheduler_cls, SchedulerMixin)):
