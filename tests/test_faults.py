@@ -396,3 +396,22 @@ def test_corrupted_pipeline_json_names_the_file(pipeline_copy, name):
     (pipeline_copy / name).write_text('{"_class_name": "Lum')
     with pytest.raises(ValueError, match=re.escape(name)):
         LumierePipeline.from_pretrained(pipeline_copy)
+
+
+def test_cli_reports_a_corrupted_model_with_exit_code_1(tmp_path, capsys):
+    from lumiere.cli import main
+    from lumiere.models.presets import STUNET_PRESETS, build_unet2d
+    from lumiere.models.stunet import STUNet
+    from lumiere.pipelines import LumierePipeline
+
+    model = tmp_path / "model"
+    LumierePipeline.from_stunet(
+        STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"])
+    ).save_pretrained(model)
+    weights = model / "stunet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    code = main(
+        ["generate", "a red circle", "--model", str(model), "-o", str(tmp_path / "a.mp4"), "--steps", "1"]
+    )
+    assert code == 1
+    assert "diffusion_pytorch_model.safetensors" in capsys.readouterr().err

@@ -20,6 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 logger = logging.getLogger("lumiere")
+# What loading a saved model can raise (lumiere.checkpoint.CheckpointError is a RuntimeError):
+# reported as a failure of the work (exit code 1) with the message naming the file or key.
+_MODEL_LOAD_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
 
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm")  # lumiere.data.video_io.VIDEO_EXTENSIONS
 SCHEDULER_CHOICES = ("dpm++", "ddim", "euler")  # lumiere.pipelines.SAMPLERS (imported lazily)
@@ -348,7 +351,7 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_conditioning_options(parser, args)
     try:
         pipe = LumierePipeline.from_pretrained(args.model)
-    except FileNotFoundError as err:
+    except _MODEL_LOAD_ERRORS as err:  # missing, corrupted, or a config that does not fit the weights
         return _fail(parser, str(err))
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample): use `lumiere upsample`")
@@ -358,7 +361,7 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         try:
             styled = load_style(args.style)
             pipe.stunet = blend_weights(pipe.stunet, styled, 0.5 if args.alpha is None else args.alpha)
-        except (FileNotFoundError, ValueError) as err:
+        except _MODEL_LOAD_ERRORS as err:
             return _fail(parser, f"--style {args.style}: {err}")
 
     # Options that depend on the model: reported like any other out-of-range option.
@@ -512,7 +515,7 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
     try:
         pipe = LumierePipeline.from_pretrained(args.model)
-    except FileNotFoundError as err:
+    except _MODEL_LOAD_ERRORS as err:  # missing, corrupted, or a config that does not fit the weights
         return _fail(parser, str(err))
     if pipe.ssr is None:
         return _fail(parser, "this model has no SSR model (no ssr/ folder); pass --model with one")
@@ -660,7 +663,7 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         pipe = LumierePipeline.from_pretrained(args.model)
-    except FileNotFoundError as err:
+    except _MODEL_LOAD_ERRORS as err:  # missing, corrupted, or a config that does not fit the weights
         return _fail(parser, str(err))
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample); eval needs one")
