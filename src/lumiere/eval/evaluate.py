@@ -83,6 +83,32 @@ def real_clips_for(captions: list[str], num_frames: int, resolution: int, seed: 
     return clips
 
 
+def generate_clips(
+    pipe,
+    prompts: list[str],
+    seed: int,
+    num_frames: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Text-to-video clips ``[f, h, w, 3]`` for ``prompts``, in batches; clip i is seeded by
+    (seed, i) alone, so it does not depend on the batch size."""
+    clips: list[np.ndarray] = []
+    for first in range(0, len(prompts), batch_size):
+        batch = prompts[first : first + batch_size]
+        generators = [torch.Generator().manual_seed(seed * 100_003 + first + i) for i in range(len(batch))]
+        frames = pipe(
+            batch,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
+        ).frames
+        clips.extend(frames)
+    return clips
+
+
 def evaluate(
     pipe,
     count: int = 100,
@@ -96,19 +122,8 @@ def evaluate(
     if count < 2:
         raise ValueError(f"count must be >= 2 (a Frechet distance needs two clips), got {count}")
     prompts = draw_prompts(count, seed)
-    clips: list[np.ndarray] = []
     start = time.perf_counter()
-    for first in range(0, count, batch_size):
-        batch = prompts[first : first + batch_size]
-        generators = [torch.Generator().manual_seed(seed * 100_003 + first + i) for i in range(len(batch))]
-        frames = pipe(
-            batch,
-            num_frames=num_frames,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generators,
-        ).frames
-        clips.extend(frames)
+    clips = generate_clips(pipe, prompts, seed, num_frames, num_inference_steps, guidance_scale, batch_size)
     seconds_per_clip = (time.perf_counter() - start) / count
 
     readings = [probe_clip(clip) for clip in clips]

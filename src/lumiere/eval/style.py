@@ -19,7 +19,7 @@ import torch
 
 from lumiere.data.shapes import COLOURS, parse_caption
 from lumiere.data.styles import complement_colours
-from lumiere.eval.evaluate import draw_prompts
+from lumiere.eval.evaluate import draw_prompts, generate_clips
 from lumiere.eval.probe import probe_clip, score
 from lumiere.models.blend import blend_weights
 
@@ -48,21 +48,9 @@ def evaluate_style(
     try:
         for alpha in alphas:
             pipe.stunet = blend_weights(original, styled, alpha)
-            clips = []
-            for first in range(0, count, batch_size):
-                batch = prompts[first : first + batch_size]
-                generators = [
-                    torch.Generator().manual_seed(seed * 100_003 + first + i) for i in range(len(batch))
-                ]
-                clips.extend(
-                    pipe(
-                        batch,
-                        num_frames=num_frames,
-                        num_inference_steps=num_inference_steps,
-                        guidance_scale=guidance_scale,
-                        generator=generators,
-                    ).frames
-                )
+            clips = generate_clips(
+                pipe, prompts, seed, num_frames, num_inference_steps, guidance_scale, batch_size
+            )
             readings = [probe_clip(clip) for clip in clips]
             to_prompted = [
                 float(np.linalg.norm(r.object_rgb - t)) for r, t in zip(readings, targets, strict=True)

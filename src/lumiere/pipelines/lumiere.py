@@ -353,7 +353,7 @@ class LumierePipeline(DiffusionPipeline):
 
         Tells the scheduler where it starts (``set_begin_index``) so multistep solvers index right.
         """
-        steps = max(1, min(num_inference_steps, round(strength * num_inference_steps)))
+        steps = sdedit_step_count(num_inference_steps, strength)
         start = (num_inference_steps - steps) * self.scheduler.order
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(start)
@@ -1118,6 +1118,11 @@ def _alphas_cumprod(scheduler: SchedulerMixin) -> torch.Tensor:
             f"{type(scheduler).__name__} has no alphas_cumprod; use a DDPM-family diffusers scheduler"
         )
     return torch.as_tensor(table)
+
+
+def sdedit_step_count(num_inference_steps: int, strength: float) -> int:
+    """Denoising steps video-to-video runs: the last ``round(strength * num_inference_steps)``, at least 1."""
+    return max(1, min(num_inference_steps, round(strength * num_inference_steps)))
 
 
 def _read_json(path: Path) -> Any:

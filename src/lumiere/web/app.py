@@ -675,9 +675,10 @@ class Studio:
 
 
 def sdedit_steps(num_inference_steps: int, strength: float) -> int:
-    """The denoising steps video-to-video runs: the last ``strength`` of them, at least one (as
-    ``LumierePipeline.sdedit_timesteps`` counts them; the progress bar's total)."""
-    return max(1, min(num_inference_steps, round(strength * num_inference_steps)))
+    """The progress bar's total for video-to-video: the steps the pipeline runs."""
+    from lumiere.pipelines.lumiere import sdedit_step_count
+
+    return sdedit_step_count(num_inference_steps, strength)
 
 
 def _cause(err: BaseException) -> str:
