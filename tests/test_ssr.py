@@ -392,3 +392,30 @@ def test_cli_generate_bad_window_options_exit_2(saved_pipe, tmp_path, capsys, op
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_upsample_of_a_damaged_video_exits_1_naming_it(saved_pipe, tmp_path, capsys):
+    source = tmp_path / "broken.mp4"
+    source.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    argv = ["upsample", str(source), "-o", str(tmp_path / "x.mp4"), "--prompt", PROMPT, "--model", str(saved_pipe)]
+    assert main(argv) == 1
+    assert str(source) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["generate", "upsample"])
+def test_cli_request_too_large_for_memory_exits_1(saved_pipe, tmp_path, capsys, monkeypatch, command):
+    from lumiere.pipelines.memory import SKIP_ENV
+
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    out = str(tmp_path / "x.mp4")
+    if command == "generate":
+        argv = ["generate", PROMPT, "--model", str(saved_pipe), "-o", out, "--frames", "100000",
+                "--height", "4096", "--width", "4096", "--steps", "1"]  # fmt: skip
+    else:
+        source = tmp_path / "low.mp4"
+        write_video(source, low_res_clip(num_frames=5)[0], fps=4.0)
+        monkeypatch.setattr("lumiere.pipelines.memory.available_bytes", lambda device: 1024)
+        argv = ["upsample", str(source), "-o", out, "--prompt", PROMPT, "--model", str(saved_pipe),
+                "--steps", "1", "--window", "3", "--overlap", "1"]  # fmt: skip
+    assert main(argv) == 1
+    assert "needs about" in capsys.readouterr().err

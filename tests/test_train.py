@@ -101,6 +101,33 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, caplog):
+    uninterrupted = train(tiny_config(tmp_path / "full"))
+    config = tiny_config(tmp_path / "resumed", checkpoint_every=1)
+    train(config, stop_after_steps=3)
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    newest = checkpoints / "step_00000003" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-5] ^= 0xFF  # a disk fault: the checksum no longer matches
+    newest.write_bytes(bytes(data))
+    resumed = train(config, resume=True)
+    assert "skipping a damaged checkpoint" in caplog.text and "step_00000003" in caplog.text
+    assert resumed.step == 6
+    expected = uninterrupted.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_export_replaces_the_previous_model_atomically(tmp_path):
+    config = tiny_config(tmp_path, **{"optim.max_steps": 1})
+    first = train(config)
+    again = train(config, resume=True)  # re-exports over the first export
+    assert again.model_dir == first.model_dir
+    siblings = sorted(p.name for p in first.model_dir.parent.iterdir() if p.name.startswith("."))
+    assert siblings == []  # no staging or previous folder left behind
+    assert (first.model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     result = train(tiny_config(tmp_path, **{"optim.max_steps": 1}), resume=True)
     assert result.step == 1 and result.model_dir is not None

@@ -416,6 +416,8 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         ).frames  # [n, f, h, w, 3] in [0, 1]
     except ValueError as err:  # conditioning inputs that do not fit (mask shape, video length, ...)
         parser.error(str(err))
+    except MemoryError as err:  # InsufficientMemoryError: refused before anything was allocated
+        return _fail(parser, str(err))
 
     video = (
         frames[0] if args.num_videos == 1 else make_grid(frames, nrow=math.ceil(math.sqrt(args.num_videos)))
@@ -519,7 +521,10 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         return _fail(parser, str(err))
     if pipe.ssr is None:
         return _fail(parser, "this model has no SSR model (no ssr/ folder); pass --model with one")
-    frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
+    try:
+        frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
+    except ValueError as err:  # not a video, or a damaged one (names the file)
+        return _fail(parser, str(err))
     space = pipe.ssr.spatial_factor
     height, width = (side * pipe.ssr_scale for side in frames.shape[1:3])
     if height % space or width % space:
@@ -532,18 +537,21 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
     pipe.to(device)
-    video = pipe.upsample(
-        frames[None],
-        args.prompt,
-        window=args.window,
-        overlap=args.overlap,
-        chunk_size=args.chunk_size,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        noise_level=args.noise_level,
-        generator=torch.Generator().manual_seed(args.seed),
-        output_type="np",
-    ).frames[0]  # [f, H, W, 3] in [0, 1]
+    try:
+        video = pipe.upsample(
+            frames[None],
+            args.prompt,
+            window=args.window,
+            overlap=args.overlap,
+            chunk_size=args.chunk_size,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            noise_level=args.noise_level,
+            generator=torch.Generator().manual_seed(args.seed),
+            output_type="np",
+        ).frames[0]  # [f, H, W, 3] in [0, 1]
+    except MemoryError as err:  # InsufficientMemoryError: refused before anything was allocated
+        return _fail(parser, str(err))
     path = write_video(args.output, video, fps=args.fps or fps or 8.0)
     logger.info(
         "upsampled %d frames from %dx%d to %dx%d into %s",

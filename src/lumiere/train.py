@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from lumiere.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lumiere.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.diffusion import DiffusionObjective, drop_captions
 from lumiere.models.conditional import TASKS, MaskCondition, build_conditional_stunet
@@ -273,8 +274,16 @@ def export_model(
     model: torch.nn.Module, text_encoder: TextEncoder, out_dir: Path, ssr_scale: int | None = None
 ) -> Path:
     """Save the trained network: an image model as ``unet/``, a STUNet as a full pipeline, an SSR
-    STUNet as an upsampling-only pipeline (``ssr/``, no base; its ``ssr_scale`` in model_index.json)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    STUNet as an upsampling-only pipeline (``ssr/``, no base; its ``ssr_scale`` in model_index.json).
+
+    Atomic: written to a sibling folder, then swapped in by renames, so a kill never leaves a
+    half-written mix at ``out_dir`` (in the instant between the two renames the previous export
+    sits at ``.NAME.previous``); ``lumiere train --resume`` exports again.
+    """
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     if isinstance(model, STUNet):
         from lumiere.pipelines import LumierePipeline
 
@@ -284,9 +293,15 @@ def export_model(
             )
         else:
             pipe = LumierePipeline.from_stunet(model, text_encoder=text_encoder)
-        pipe.save_pretrained(out_dir)
+        pipe.save_pretrained(staging)
     else:
-        model.save_pretrained(out_dir / "unet")
+        model.save_pretrained(staging / "unet")
+    previous = out_dir.with_name(f".{out_dir.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
     return out_dir
 
 
@@ -414,11 +429,11 @@ def train(
     # 3. Resume.
     step, skipped_total = 0, 0
     if resume:
-        found = latest_checkpoint(checkpoints)
-        if found is None:
+        latest = load_latest_checkpoint(checkpoints)
+        if latest is None:
             logger.warning("--resume: no checkpoint in %s, starting from step 0", checkpoints)
         else:
-            saved = load_checkpoint(found)
+            found, saved = latest
             model.load_state_dict(saved["model"])
             ema_meta = saved["state"]["ema"]
             ema.load_state_dict({**ema_meta, "shadow_params": [saved["ema"][n] for n in param_names]})

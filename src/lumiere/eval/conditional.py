@@ -75,6 +75,7 @@ def evaluate_conditional(
     rng = np.random.default_rng(seed + 2)
     common = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     result: dict[str, Any] = {"task": task, "count": count, "seed": seed, "num_frames": num_frames, **common}
+    common["upsample"] = False  # the base model is what is measured, at the size of the given clip
     start = time.perf_counter()
 
     def generator(i: int) -> torch.Generator:

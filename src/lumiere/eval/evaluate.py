@@ -104,6 +104,7 @@ def generate_clips(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generators,
+            upsample=False,  # the base model is measured (the probe and the real clips are at its size)
         ).frames
         clips.extend(frames)
     return clips
