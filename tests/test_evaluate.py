@@ -55,3 +55,44 @@ def test_evaluate_reports_every_figure():
     assert np.isfinite(report["frechet_probe_distance"])
     with pytest.raises(ValueError, match="count"):
         evaluate(pipe, count=1)
+
+
+def test_evaluate_in_windows_measures_longer_clips(monkeypatch):
+    torch.manual_seed(0)
+    stunet = STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"])
+    pipe = LumierePipeline.from_stunet(stunet)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    original = LumierePipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["window"], kwargs["overlap"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LumierePipeline, "__call__", spy)
+    report = evaluate(pipe, count=2, num_frames=6, num_inference_steps=1, window=4, overlap=2)
+    assert seen == [(4, 2)] and report["num_frames"] == 6 and report["window"] == 4
+    with pytest.raises(ValueError, match="overlap"):
+        evaluate(pipe, count=2, num_frames=6, num_inference_steps=1, window=4, overlap=4)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--task", "i2v", "--window", "4"], "only with --task t2v"),
+        (["--overlap", "2"], "give --window too"),
+        (["--window", "4", "--overlap", "4"], "must be less than --window"),
+        (["--window", "3"], "--window: must be a multiple of 2"),
+    ],
+)
+def test_cli_eval_window_options_exit_2(tmp_path, capsys, options, message):
+    from lumiere.cli import main
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    LumierePipeline.from_stunet(
+        STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"])
+    ).save_pretrained(path)
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--model", str(path), "--count", "2", "--frames", "6", *options])
+    assert info.value.code == 2 and message in capsys.readouterr().err

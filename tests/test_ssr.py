@@ -397,7 +397,16 @@ def test_cli_generate_bad_window_options_exit_2(saved_pipe, tmp_path, capsys, op
 def test_cli_upsample_of_a_damaged_video_exits_1_naming_it(saved_pipe, tmp_path, capsys):
     source = tmp_path / "broken.mp4"
     source.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
-    argv = ["upsample", str(source), "-o", str(tmp_path / "x.mp4"), "--prompt", PROMPT, "--model", str(saved_pipe)]
+    argv = [
+        "upsample",
+        str(source),
+        "-o",
+        str(tmp_path / "x.mp4"),
+        "--prompt",
+        PROMPT,
+        "--model",
+        str(saved_pipe),
+    ]
     assert main(argv) == 1
     assert str(source) in capsys.readouterr().err
 

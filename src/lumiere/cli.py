@@ -659,6 +659,21 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         metavar="A,B,...",
         help="--task style: blend weights to compare, each in [0, 1]",
     )
+    parser.add_argument(
+        "--window",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="--task t2v: generate in overlapping N-frame base windows (MultiDiffusion), to measure clips "
+        "longer than the training length (default: the whole clip at once)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help="--task t2v: frames shared by neighbouring windows, < --window (default: half the window)",
+    )
     parser.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the JSON here")
     parser.set_defaults(func=_run_eval, command_parser=parser)
 
@@ -675,8 +690,16 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _fail(parser, str(err))
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample); eval needs one")
-    if args.frames % pipe.stunet.temporal_factor:
-        parser.error(f"argument --frames: must be a multiple of {pipe.stunet.temporal_factor} for this model")
+    factor = pipe.stunet.temporal_factor
+    if (args.window is not None or args.overlap is not None) and args.task != "t2v":
+        parser.error("argument --window/--overlap: only with --task t2v")
+    if args.overlap is not None and args.window is None:
+        parser.error("argument --overlap: applies to base windows; give --window too")
+    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
+    if args.window is not None and args.window % factor:
+        parser.error(f"argument --window: must be a multiple of {factor} for this model, got {args.window}")
+    if (args.window is None or args.window >= args.frames) and args.frames % factor:
+        parser.error(f"argument --frames: must be a multiple of {factor} for this model")
     pipe.set_progress_bar_config(disable=True)
     common = dict(
         count=args.count,
@@ -688,7 +711,12 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if (args.task == "style") != (args.style is not None):
         parser.error("argument --style: give it with --task style, and only then")
     if args.task == "t2v":
-        scores = evaluate(pipe, batch_size=args.batch_size, **common)
+        try:
+            scores = evaluate(
+                pipe, batch_size=args.batch_size, window=args.window, overlap=args.overlap, **common
+            )
+        except ValueError as err:  # windows that cannot tile the clip
+            parser.error(str(err))
     elif args.task == "style":
         from lumiere.eval.style import evaluate_style
         from lumiere.models.blend import load_style

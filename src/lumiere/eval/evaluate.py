@@ -91,9 +91,12 @@ def generate_clips(
     num_inference_steps: int,
     guidance_scale: float,
     batch_size: int,
+    window: int | None = None,
+    overlap: int | None = None,
 ) -> list[np.ndarray]:
     """Text-to-video clips ``[f, h, w, 3]`` for ``prompts``, in batches; clip i is seeded by
-    (seed, i) alone, so it does not depend on the batch size."""
+    (seed, i) alone, so it does not depend on the batch size. ``window``/``overlap``: the base
+    model's temporal MultiDiffusion windows (clips longer than it was trained on)."""
     clips: list[np.ndarray] = []
     for first in range(0, len(prompts), batch_size):
         batch = prompts[first : first + batch_size]
@@ -104,6 +107,8 @@ def generate_clips(
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generators,
+            window=window,
+            overlap=overlap,
             upsample=False,  # the base model is measured (the probe and the real clips are at its size)
         ).frames
         clips.extend(frames)
@@ -118,13 +123,20 @@ def evaluate(
     num_inference_steps: int = 25,
     guidance_scale: float = 5.0,
     batch_size: int = 8,
+    window: int | None = None,
+    overlap: int | None = None,
 ) -> dict[str, Any]:
-    """Generate ``count`` clips for grammar prompts and score them. Returns plain JSON data."""
+    """Generate ``count`` clips for grammar prompts and score them. Returns plain JSON data.
+
+    ``window``/``overlap``: generate in temporal windows (MultiDiffusion), to measure clips longer
+    than the model's training length."""
     if count < 2:
         raise ValueError(f"count must be >= 2 (a Frechet distance needs two clips), got {count}")
     prompts = draw_prompts(count, seed)
     start = time.perf_counter()
-    clips = generate_clips(pipe, prompts, seed, num_frames, num_inference_steps, guidance_scale, batch_size)
+    clips = generate_clips(
+        pipe, prompts, seed, num_frames, num_inference_steps, guidance_scale, batch_size, window, overlap
+    )
     seconds_per_clip = (time.perf_counter() - start) / count
 
     readings = [probe_clip(clip) for clip in clips]
@@ -147,6 +159,8 @@ def evaluate(
         "count": count,
         "seed": seed,
         "num_frames": num_frames,
+        "window": window,
+        "overlap": overlap,
         "resolution": int(resolution),
         "num_inference_steps": num_inference_steps,
         "guidance_scale": guidance_scale,
