@@ -229,21 +229,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the spatial super-resolution model (output at the base size)",
     )
-    parser.add_argument(
-        "--window",
-        type=_int_at_least(1),
-        default=None,
-        metavar="N",
-        help="base model: generate in overlapping N-frame windows (MultiDiffusion) to go beyond the training "
-        "length; coherent within a window, only continuous across windows (default: the whole clip at once)",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=_int_at_least(0),
-        default=None,
-        metavar="N",
-        help="frames shared by neighbouring base windows, < --window (default: half the window)",
-    )
+    _add_base_window_options(parser, what="base model: ")
     _add_ssr_window_options(parser, prefix="ssr-", what="SSR ")
     parser.add_argument(
         "--ssr-steps",
@@ -306,6 +292,26 @@ def _check_conditioning_options(parser: argparse.ArgumentParser, args: argparse.
         parser.error("argument --strength: applies to video-to-video only (--video without --mask)")
     if args.alpha is not None and args.style is None:
         parser.error("argument --alpha: needs --style")
+
+
+def _add_base_window_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--window, --overlap: the base model's temporal MultiDiffusion, for clips longer than it was
+    trained on (default: the whole clip in one pass)."""
+    parser.add_argument(
+        "--window",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"{what}generate in overlapping N-frame windows (MultiDiffusion) to go beyond the training "
+        "length; coherent within a window, only continuous across windows (default: the whole clip at once)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help=f"{what}frames shared by neighbouring windows, < --window (default: half the window)",
+    )
 
 
 def _add_ssr_window_options(parser: argparse.ArgumentParser, prefix: str, what: str) -> None:
@@ -659,21 +665,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         metavar="A,B,...",
         help="--task style: blend weights to compare, each in [0, 1]",
     )
-    parser.add_argument(
-        "--window",
-        type=_int_at_least(1),
-        default=None,
-        metavar="N",
-        help="--task t2v: generate in overlapping N-frame base windows (MultiDiffusion), to measure clips "
-        "longer than the training length (default: the whole clip at once)",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=_int_at_least(0),
-        default=None,
-        metavar="N",
-        help="--task t2v: frames shared by neighbouring windows, < --window (default: half the window)",
-    )
+    _add_base_window_options(parser, what="--task t2v: ")
     parser.add_argument("--out", type=Path, default=None, metavar="JSON", help="also write the JSON here")
     parser.set_defaults(func=_run_eval, command_parser=parser)
 
