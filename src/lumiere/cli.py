@@ -348,6 +348,23 @@ def _check_window_options(
         parser.error(f"argument {names[1]}: must be less than {names[0]} ({window}), got {overlap}")
 
 
+def _check_base_windows(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, factor: int, frames: int
+) -> None:
+    """--window/--overlap/--frames against the base model's temporal factor: a window must be a
+    multiple of it, and so must the frame count when the clip runs in one pass."""
+    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
+    if args.overlap is not None and args.window is None:
+        parser.error("argument --overlap: applies to base windows; give --window too")
+    if args.window is not None and args.window % factor:
+        parser.error(f"argument --window: must be a multiple of {factor} for this model, got {args.window}")
+    if (args.window is None or args.window >= frames) and frames % factor:
+        parser.error(
+            f"argument --frames: must be a multiple of {factor} for this model, got {frames} "
+            "(or give a shorter --window)"
+        )
+
+
 def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
@@ -372,21 +389,9 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     # Options that depend on the model: reported like any other out-of-range option.
     stunet = pipe.stunet
-    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
     _check_window_options(parser, args.ssr_window, args.ssr_overlap, ("--ssr-window", "--ssr-overlap"))
-    if args.overlap is not None and args.window is None:
-        parser.error("argument --overlap: applies to base windows; give --window too")
-    if args.window is not None and args.window % stunet.temporal_factor:
-        parser.error(
-            f"argument --window: must be a multiple of {stunet.temporal_factor} for this model, got {args.window}"
-        )
-    checked_frames = 16 if args.frames is None else args.frames  # with --video: checked by the pipeline
-    one_pass = args.window is None or args.window >= checked_frames
-    if one_pass and checked_frames % stunet.temporal_factor:
-        parser.error(
-            f"argument --frames: must be a multiple of {stunet.temporal_factor} for this model, got {args.frames} "
-            "(or give a shorter --window)"
-        )
+    # with --video the frame count is the video's, checked by the pipeline
+    _check_base_windows(parser, args, stunet.temporal_factor, 16 if args.frames is None else args.frames)
     for option, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and value % stunet.spatial_factor:
             parser.error(
@@ -682,16 +687,9 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _fail(parser, str(err))
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample); eval needs one")
-    factor = pipe.stunet.temporal_factor
     if (args.window is not None or args.overlap is not None) and args.task != "t2v":
         parser.error("argument --window/--overlap: only with --task t2v")
-    if args.overlap is not None and args.window is None:
-        parser.error("argument --overlap: applies to base windows; give --window too")
-    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
-    if args.window is not None and args.window % factor:
-        parser.error(f"argument --window: must be a multiple of {factor} for this model, got {args.window}")
-    if (args.window is None or args.window >= args.frames) and args.frames % factor:
-        parser.error(f"argument --frames: must be a multiple of {factor} for this model")
+    _check_base_windows(parser, args, pipe.stunet.temporal_factor, args.frames)
     pipe.set_progress_bar_config(disable=True)
     common = dict(
         count=args.count,
