@@ -20,6 +20,7 @@ from lumiere.models.ssr import (
     check_ssr_stunet,
     downsample_video,
     make_condition,
+    residual_over_bilinear,
     ssr_model_input,
     training_condition,
     upsample_video,
@@ -194,6 +195,67 @@ def test_ssr_stage_continues_from_an_ssr_and_refuses_a_base(trained, tmp_path):
         train(ssr_config(tmp_path / "from_stunet", tmp_path / "base_stunet", max_steps=1))
 
 
+def test_residual_over_bilinear_is_the_detail_bilinear_misses():
+    flat = torch.full((1, 3, 2, 8, 8), 0.3)
+    assert torch.equal(residual_over_bilinear(flat, 2), torch.zeros_like(flat))  # bilinear keeps a flat clip
+
+    edge = torch.full((1, 3, 2, 8, 8), -1.0)
+    edge[..., 3:] = 1.0  # a vertical edge inside a 2x2 block: bilinear blurs it, the residual restores it
+    residual = residual_over_bilinear(edge, 2)
+    assert residual.shape == edge.shape
+    assert residual[..., [0, 5, 6, 7]].abs().max() < 1e-6  # bilinear is exact away from the edge
+    assert residual[..., 1:5].abs().min() > 0.2  # and off by a quarter or more next to it
+    torch.testing.assert_close(residual + upsample_video(downsample_video(edge, 2), (8, 8)), edge)
+
+
+def test_residual_ssr_stage_exports_a_residual_pipeline(image_model_dir, tmp_path):
+    config = ssr_config(tmp_path, image_model_dir, max_steps=2)
+    config.model.ssr_residual = True
+    result = train(config)
+    index = json.loads((result.model_dir / "model_index.json").read_text())
+    assert index["ssr_residual"] is True
+    loaded = LumierePipeline.from_pretrained(result.model_dir)
+    assert loaded.ssr_residual is True
+
+    plain = train(ssr_config(tmp_path / "plain", image_model_dir, max_steps=2))  # same seed and data
+    assert json.loads((plain.model_dir / "model_index.json").read_text())["ssr_residual"] is False
+    assert result.final_loss != plain.final_loss  # a different target
+
+
+def test_residual_ssr_adds_the_bilinear_upsample_back(pipe):
+    residual = LumierePipeline(
+        pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_residual=True
+    )
+    residual.set_progress_bar_config(disable=True)
+    low = torch.from_numpy(low_res_clip(num_frames=4)).permute(0, 4, 1, 2, 3) * 2 - 1  # [b, 3, f, h, w]
+    cond, _ = pipe.encode_prompt([PROMPT], None, 1, False, pipe.device)
+    call = dict(guidance_scale=1.0, num_inference_steps=2, noise_level=20, windows=None, chunk_size=1)
+    plain = pipe.super_resolve(low, cond, None, generator=seeded(3), **call)
+    detail = residual.super_resolve(low, cond, None, generator=seeded(3), **call)
+    torch.testing.assert_close(detail, plain + upsample_video(low, (32, 32)), rtol=0, atol=1e-6)
+
+
+def test_with_ssr_joins_a_base_and_an_upsampler(pipe, tmp_path):
+    base = LumierePipeline.from_stunet(pipe.stunet, text_encoder=pipe.text_encoder)
+    upsampler = LumierePipeline.from_stunet(
+        None, text_encoder=pipe.text_encoder, ssr=pipe.ssr, ssr_residual=True
+    )
+    joined = base.with_ssr(upsampler)
+    assert joined.stunet is base.stunet and joined.ssr is pipe.ssr and base.ssr is None
+    joined.save_pretrained(tmp_path)
+    loaded = LumierePipeline.from_pretrained(tmp_path)
+    assert loaded.ssr is not None and loaded.ssr_residual is True and loaded.ssr_scale == 2
+    with pytest.raises(ValueError, match="upsampler has no SSR model"):
+        base.with_ssr(base)
+    with pytest.raises(ValueError, match="no base stunet"):
+        upsampler.with_ssr(upsampler)
+
+
+def test_ssr_residual_must_be_a_bool(pipe):
+    with pytest.raises(ValueError, match="ssr_residual=1: must be True or False"):
+        LumierePipeline(pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_residual=1)
+
+
 def test_ssr_config_keys():
     base = {"stage": "ssr", "model": {"init_from": "x"}}
     with pytest.raises(
@@ -204,6 +266,10 @@ def test_ssr_config_keys():
         config_from_dict({**base, "optim": {"max_augmentation_level": 1000}})
     with pytest.raises(ValueError, match="model.ssr_scale must be >= 1"):
         config_from_dict({**base, "model": {"init_from": "x", "ssr_scale": 0}})
+    with pytest.raises(ValueError, match="model.ssr_residual applies to stage 'ssr' only, not 'stunet'"):
+        config_from_dict({"stage": "stunet", "model": {"init_from": "x", "ssr_residual": True}})
+    with pytest.raises(ValueError, match="model.ssr_residual"):
+        config_from_dict({**base, "model": {"init_from": "x", "ssr_residual": "yes"}})
 
 
 # ----- SSR in the pipeline -----------------------------------------------------------------------
@@ -325,7 +391,7 @@ def test_save_load_round_trip_with_ssr(pipe, tmp_path):
 
     loaded = LumierePipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    assert loaded.ssr is not None and loaded.ssr_scale == 2
+    assert loaded.ssr is not None and loaded.ssr_scale == 2 and loaded.ssr_residual is False
     pipe.text_encoder.clear_cache()
     call = dict(num_frames=4, num_inference_steps=2, output_type="pt", ssr_window=2, ssr_overlap=1)
     before = pipe(PROMPT, generator=seeded(4), **call).frames

@@ -28,6 +28,7 @@ class ModelConfig:
     compile: bool = False  # torch.compile the network (inductor)
     channels_last: bool = False  # NHWC memory format for the 2-D convolutions
     ssr_scale: int = 2  # ssr: the low-res clip is data.resolution / ssr_scale (the paper's SSR goes 8x)
+    ssr_residual: bool = False  # ssr: diffuse the detail over bilinear upsampling, not the clip
 
 
 @dataclass
@@ -129,6 +130,8 @@ class TrainConfig:
                 f"config key data.resolution ({self.data.resolution}) must be a multiple of model.ssr_scale "
                 f"({self.model.ssr_scale}) for stage 'ssr'"
             )
+        if self.model.ssr_residual and self.stage != "ssr":
+            raise ValueError(f"config key model.ssr_residual applies to stage 'ssr' only, not {self.stage!r}")
 
 
 # ---------------------------------------------------------------------------------------------

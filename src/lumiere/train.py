@@ -47,6 +47,7 @@ from lumiere.models.ssr import (
     SSRCondition,
     build_ssr_stunet,
     check_ssr_stunet,
+    residual_over_bilinear,
     ssr_model_input,
     training_condition,
 )
@@ -271,10 +272,15 @@ def _is_ssr(model: torch.nn.Module) -> bool:
 
 
 def export_model(
-    model: torch.nn.Module, text_encoder: TextEncoder, out_dir: Path, ssr_scale: int | None = None
+    model: torch.nn.Module,
+    text_encoder: TextEncoder,
+    out_dir: Path,
+    ssr_scale: int | None = None,
+    ssr_residual: bool = False,
 ) -> Path:
     """Save the trained network: an image model as ``unet/``, a STUNet as a full pipeline, an SSR
-    STUNet as an upsampling-only pipeline (``ssr/``, no base; its ``ssr_scale`` in model_index.json).
+    STUNet as an upsampling-only pipeline (``ssr/``, no base; its ``ssr_scale`` and ``ssr_residual``
+    in model_index.json).
 
     Atomic: written to a sibling folder, then swapped in by renames, so a kill never leaves a
     half-written mix at ``out_dir`` (in the instant between the two renames the previous export
@@ -289,7 +295,7 @@ def export_model(
 
         if _is_ssr(model):
             pipe = LumierePipeline.from_stunet(
-                None, text_encoder=text_encoder, ssr=model, ssr_scale=ssr_scale
+                None, text_encoder=text_encoder, ssr=model, ssr_scale=ssr_scale, ssr_residual=ssr_residual
             )
         else:
             pipe = LumierePipeline.from_stunet(model, text_encoder=text_encoder)
@@ -346,7 +352,11 @@ def write_ssr_samples(model: STUNet, text_encoder: TextEncoder, config: TrainCon
     high = torch.stack([item["video"] for item in items])  # [n, 3, f, H, W] in [-1, 1]
     low = downsample_video(high, config.model.ssr_scale)
     pipe = LumierePipeline.from_stunet(
-        None, text_encoder=text_encoder, ssr=model, ssr_scale=config.model.ssr_scale
+        None,
+        text_encoder=text_encoder,
+        ssr=model,
+        ssr_scale=config.model.ssr_scale,
+        ssr_residual=config.model.ssr_residual,
     )
     pipe.set_progress_bar_config(disable=True)
     low_frames = ((low + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [n, f, h, w, 3]
@@ -518,13 +528,16 @@ def train(
         while step < config.optim.max_steps:
             generator = step_generator(config.seed, step, accelerator.process_index)
             batch = next(batches)
-            x0 = model_input(config, batch["video"]).to(accelerator.device)
+            clean = model_input(config, batch["video"]).to(accelerator.device)
+            x0 = clean
+            if config.stage == "ssr" and config.model.ssr_residual:
+                x0 = residual_over_bilinear(clean, config.model.ssr_scale)
             captions = drop_captions(batch["caption"], config.optim.caption_dropout, generator=generator)
             states, mask = text_encoder.encode(captions, device=accelerator.device)
             timesteps = objective.sample_timesteps(x0.shape[0], generator=generator).to(accelerator.device)
             noise = torch.randn(x0.shape, generator=generator).to(accelerator.device)
             noisy = objective.add_noise(x0, noise, timesteps)
-            condition = stage_condition(config, x0, objective.scheduler.alphas_cumprod, generator)
+            condition = stage_condition(config, clean, objective.scheduler.alphas_cumprod, generator)
             with accelerator.autocast():
                 prediction = forward_model(model, noisy, timesteps, states, mask, condition)
             loss = objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=config.optim.min_snr_gamma)
@@ -598,7 +611,11 @@ def train(
         ema.copy_to(unwrapped.parameters())
         try:
             model_dir = export_model(
-                unwrapped, text_encoder, output_dir / "model", ssr_scale=config.model.ssr_scale
+                unwrapped,
+                text_encoder,
+                output_dir / "model",
+                ssr_scale=config.model.ssr_scale,
+                ssr_residual=config.model.ssr_residual,
             )
             write_samples(
                 unwrapped, text_encoder, config, output_dir / "samples" / "final.mp4", accelerator.device

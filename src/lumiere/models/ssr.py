@@ -91,6 +91,19 @@ def upsample_video(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return rearrange(frames, "(b f) c h w -> b c f h w", b=video.shape[0])
 
 
+def residual_over_bilinear(high_res: torch.Tensor, scale: int) -> torch.Tensor:
+    """``[b, c, f, H, W]`` -> the clip minus the bilinear upsample of its area-downsampled copy.
+
+    What a residual SSR (``model.ssr_residual``) diffuses instead of the high-res clip: the detail
+    bilinear upsampling misses. Sampling adds ``upsample_video(low_res, (H, W))`` back, so a residual
+    of zero is exactly bilinear upsampling. (Residual targets for diffusion super-resolution: Li et
+    al. 2022, "SRDiff", Sec. 3.2; Yue et al. 2023, "ResShift".) A deviation from Lumiere, which
+    does not say what its SSR diffuses; off by default.
+    """
+    low_res = downsample_video(high_res, scale)
+    return high_res - upsample_video(low_res, tuple(high_res.shape[-2:]))
+
+
 # ---------------------------------------------------------------------------------------------
 # Conditioning input
 # ---------------------------------------------------------------------------------------------

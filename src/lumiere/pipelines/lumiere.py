@@ -62,6 +62,7 @@ from lumiere.models.ssr import (
     check_ssr_stunet,
     make_condition,
     ssr_model_input,
+    upsample_video,
 )
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
@@ -129,7 +130,9 @@ class LumierePipeline(DiffusionPipeline):
     scheduler over the training noise schedule; swap with
     ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``), and ``ssr`` (the SSR
     ``STUNet``, ``lumiere.models.ssr``; None when absent). ``ssr_scale`` (saved in
-    model_index.json) is the SSR's upsampling factor.
+    model_index.json) is the SSR's upsampling factor; ``ssr_residual`` (saved there too) says the
+    SSR denoises the detail over the bilinear upsample (``models.ssr.residual_over_bilinear``),
+    which sampling adds back.
     """
 
     model_cpu_offload_seq = "text_encoder->stunet->ssr"
@@ -142,6 +145,7 @@ class LumierePipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         ssr: STUNet | None = None,
         ssr_scale: int = 2,
+        ssr_residual: bool = False,
     ):
         super().__init__()
         if stunet is None and ssr is None:
@@ -160,7 +164,9 @@ class LumierePipeline(DiffusionPipeline):
                 f"ssr_scale={ssr_scale!r}: must be an integer >= 1 (the SSR's upsampling factor)"
             )
         self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr)
-        self.register_to_config(ssr_scale=ssr_scale)
+        if not isinstance(ssr_residual, bool):
+            raise ValueError(f"ssr_residual={ssr_residual!r}: must be True or False")
+        self.register_to_config(ssr_scale=ssr_scale, ssr_residual=ssr_residual)
 
     @classmethod
     def from_stunet(
@@ -170,6 +176,7 @@ class LumierePipeline(DiffusionPipeline):
         scheduler: SchedulerMixin | None = None,  # default: DPM-Solver++ over the training schedule
         ssr: STUNet | None = None,  # SSR model (lumiere.models.ssr.build_ssr_stunet), optional
         ssr_scale: int | None = None,  # the SSR's upsampling factor; default 2
+        ssr_residual: bool = False,  # the SSR denoises the detail over bilinear (model.ssr_residual)
     ) -> LumierePipeline:
         """A pipeline around a STUNet (and an SSR), with default text encoder and sampler where not given."""
         return cls(
@@ -178,12 +185,36 @@ class LumierePipeline(DiffusionPipeline):
             scheduler=scheduler if scheduler is not None else make_sampling_scheduler("dpm++"),
             ssr=ssr,
             ssr_scale=2 if ssr_scale is None else ssr_scale,
+            ssr_residual=ssr_residual,
+        )
+
+    def with_ssr(self, upsampler: LumierePipeline) -> LumierePipeline:
+        """A new pipeline: this one's base (``stunet``, ``text_encoder``, ``scheduler``) joined to
+        ``upsampler``'s SSR model, with its ``ssr_scale`` and ``ssr_residual``. How an SSR trained on
+        its own (``lumiere train`` stage ssr exports an upsampling-only pipeline) joins a base model:
+        ``base.with_ssr(LumierePipeline.from_pretrained(ssr_dir)).save_pretrained(out_dir)``."""
+        if upsampler.ssr is None:
+            raise ValueError("upsampler has no SSR model (ssr is None); pass a pipeline with an ssr/ folder")
+        if self.stunet is None:
+            raise ValueError("this pipeline has no base stunet to join the SSR model to")
+        return type(self)(
+            self.stunet,
+            self.text_encoder,
+            self.scheduler,
+            ssr=upsampler.ssr,
+            ssr_scale=upsampler.ssr_scale,
+            ssr_residual=upsampler.ssr_residual,
         )
 
     @property
     def ssr_scale(self) -> int:
         """Height and width factor of the SSR model (its training ``model.ssr_scale``)."""
         return int(self.config.ssr_scale)
+
+    @property
+    def ssr_residual(self) -> bool:
+        """Whether the SSR denoises the high-res detail over bilinear (its training ``model.ssr_residual``)."""
+        return bool(self.config.get("ssr_residual", False))
 
     def _networks(self) -> list[STUNet]:
         return [model for model in (self.stunet, self.ssr) if model is not None]
@@ -274,6 +305,7 @@ class LumierePipeline(DiffusionPipeline):
             scheduler=scheduler,
             ssr=models["ssr"],
             ssr_scale=int(index.get("ssr_scale", 2)),
+            ssr_residual=bool(index.get("ssr_residual", False)),
         )
         pipe.register_to_config(_name_or_path=str(directory))
         return pipe
@@ -698,8 +730,8 @@ class LumierePipeline(DiffusionPipeline):
         )
         del augmentation
 
-        # 3. Denoising, window by window at every step.
-        return self.denoise(
+        # 3. Denoising, window by window at every step (of the detail over bilinear, for a residual SSR).
+        sample = self.denoise(
             sample,
             cond,
             uncond,
@@ -711,6 +743,9 @@ class LumierePipeline(DiffusionPipeline):
             windows=windows,
             chunk_size=chunk_size,
         )
+        if self.ssr_residual:
+            sample = sample + upsample_video(low_res.to(device=device, dtype=sample.dtype), size)
+        return sample
 
     @torch.no_grad()
     def upsample(
