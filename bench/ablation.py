@@ -9,7 +9,8 @@ Bouncing shapes (periodic up-down motion) are the test: with one keyframe every 
 bounce of 1.5-2.5 periods per 16 frames is close to aliasing.
 
 Arms (each trained for ``--minutes`` of wall-clock, same data stream, same recipe as
-``lumiere.train``: v-prediction, min-SNR weights, caption dropout, AdamW with warm-up, EMA):
+``lumiere.train``: v-prediction (min-SNR weights only with ``--min-snr-gamma``), caption dropout,
+AdamW with warm-up, EMA):
 
 - ``stunet``: our STUNet (``--preset``), one pass over the whole clip;
 - ``cascade``: a base STUNet of the same preset trained on every ``--stride``-th frame, and a TSR
@@ -55,7 +56,7 @@ from torch import nn
 
 import harness
 import peers
-from loops import MIN_SNR_GAMMA, guided_sample
+from loops import guided_sample
 from lumiere.data.shapes import MovingShapes, parse_caption, random_caption
 from lumiere.diffusion import DiffusionObjective, drop_captions
 from lumiere.eval.evaluate import draw_prompts, frechet_distance, probe_features, real_clips_for
@@ -125,24 +126,27 @@ def diffusion_loss(
     x0: torch.Tensor,  # [b, c, f, h, w] clean clips
     text: torch.Tensor,  # [b, n, d]
     generator: torch.Generator,
+    min_snr_gamma: float | None,
     **model_kwargs: torch.Tensor,
 ) -> torch.Tensor:
-    """lumiere.train's loss: v-prediction on the cosine schedule with min-SNR weights."""
+    """lumiere.train's loss: v-prediction on the cosine schedule, min-SNR weights when a gamma is given."""
     timesteps = objective.sample_timesteps(x0.shape[0], generator=generator)  # [b]
     noise = torch.randn(x0.shape, generator=generator)
     noisy = objective.add_noise(x0, noise, timesteps)
     prediction = model(noisy, timesteps, text, **model_kwargs)
-    return objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=MIN_SNR_GAMMA)
+    return objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=min_snr_gamma)
 
 
-def tsr_loss(objective, stride: int, max_level: int, model, clips, text, generator) -> torch.Tensor:
+def tsr_loss(
+    objective, stride: int, max_level: int, min_snr_gamma, model, clips, text, generator
+) -> torch.Tensor:
     """The TSR's loss: the whole clip, conditioned on its own keyframes noised to a random level."""
     keyframes = clips[:, :, ::stride]  # [b, 3, k, h, w]
     level = torch.randint(0, max_level + 1, (clips.shape[0],), generator=generator)  # [b]
     noisy_keys = objective.add_noise(keyframes, torch.randn(keyframes.shape, generator=generator), level)
     conditioning = model.condition(noisy_keys)
     return diffusion_loss(
-        objective, model, clips, text, generator, conditioning=conditioning, noise_level=level
+        objective, model, clips, text, generator, min_snr_gamma, conditioning=conditioning, noise_level=level
     )
 
 
@@ -185,7 +189,7 @@ def build_arm(name: str, args, objective: DiffusionObjective, image_model) -> li
     """The stages of one arm: a single network, or the cascade's base and TSR."""
 
     def whole_clip(model, clips, text, gen):
-        return diffusion_loss(objective, model, clips, text, gen)
+        return diffusion_loss(objective, model, clips, text, gen, args.min_snr_gamma)
 
     if name == "stunet":
         return [Stage("stunet", peers.STUNetDenoiser(stunet_of(args, image_model)), whole_clip, 1.0)]
@@ -203,10 +207,12 @@ def build_arm(name: str, args, objective: DiffusionObjective, image_model) -> li
     )
 
     def keyframe_loss(model, clips, text, gen):
-        return diffusion_loss(objective, model, clips[:, :, :: args.stride], text, gen)
+        return diffusion_loss(objective, model, clips[:, :, :: args.stride], text, gen, args.min_snr_gamma)
 
     def fill_in_loss(model, clips, text, gen):
-        return tsr_loss(objective, args.stride, args.tsr_max_level, model, clips, text, gen)
+        return tsr_loss(
+            objective, args.stride, args.tsr_max_level, args.min_snr_gamma, model, clips, text, gen
+        )
 
     return [
         Stage("cascade/base", base, keyframe_loss, 1.0 - args.tsr_share),
@@ -392,6 +398,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument(
+        "--min-snr-gamma",
+        type=float,
+        default=None,
+        help="min-SNR loss weights (5: stages 1-3a); default: none, the plain v-loss of the shipped stage 3b, "
+        "which session 2 found the high-noise steps (layout, motion) need",
+    )
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--eval-count", type=int, default=100, help="prompts drawn from the caption grammar")
     parser.add_argument(
