@@ -20,8 +20,11 @@ from lumiere.pipelines import DEFAULT_MODEL_DIR, LumierePipeline
 
 PROMPT = "a red circle moving right on a black background"
 STEPS = 12
-SSR_CONSISTENCY_DB = 25.0  # measured: see docs/default_model.md
-SSR_GAIN_DB = 1.0
+# Measured on the shipped SSR at STEPS (session 4, docs/default_model.md): the SSR clip averaged
+# back down is 39.0 dB from the base clip; on the real clip it is 1.3 dB above bilinear (1.8 dB at
+# 25 steps). The thresholds leave a margin for other CPUs' floating point.
+SSR_CONSISTENCY_DB = 33.0
+SSR_GAIN_DB = 0.5
 
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "model_index.json").is_file(), reason="no default model shipped"
