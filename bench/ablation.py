@@ -34,6 +34,9 @@ video per arm to ``--out``.
 
     python bench/ablation.py --minutes 60 --threads 2 --out runs/ablation      # ~3 h of training
     python bench/ablation.py --init-from runs/t2i_default/model --minutes 60 --out runs/ablation_init
+    # the same, one arm per session: each call trains only the arms not yet in results.json
+    python bench/ablation.py --init-from runs/t2i_default/model --minutes 60 --out runs/ablation_init \\
+        --arms stunet --keep-done
     python bench/ablation.py --preset tiny --resolution 16 --frames 8 --minutes 0.05 \\
         --eval-count 2 --bouncing-count 1 --eval-steps 2 --out /tmp/ablation_smoke   # smoke run
 """
@@ -417,6 +420,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--out", default="runs/ablation", help="results.json and sample grids go here")
+    parser.add_argument(
+        "--keep-done",
+        action="store_true",
+        help="keep the arms already in OUT/results.json (same settings) and train only the others: "
+        "spreads a long ablation over several sessions, one or more arms at a time",
+    )
     args = parser.parse_args()
     if args.freeze_spatial and not args.init_from:
         parser.error("--freeze-spatial needs --init-from (from scratch there is nothing to freeze)")
@@ -434,14 +443,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results = load_done(out / "results.json", args) if args.keep_done else {"args": vars(args), "arms": {}}
     objective = DiffusionObjective()
     encoder = load_text_encoder(None)
     image_model = load_image_model(args.init_from)
     data = MovingShapes(length=2**31 - 1, num_frames=args.frames, resolution=args.resolution, seed=args.seed)
     general, bouncing = eval_prompts(args)
 
-    results: dict[str, Any] = {"args": vars(args), "arms": {}}
     for arm in arms:
+        if arm in results["arms"]:
+            print(f"== {arm}: kept from {out / 'results.json'}")
+            continue
         print(f"== {arm}: training for {args.minutes:g} min")
         stages = build_arm(arm, args, objective, image_model)
         multiple = stages[-1].model.frame_multiple
@@ -462,6 +474,27 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2))
     print_results(results, args)
     print(f"results: {out / 'results.json'}; sample grids: {out}/<arm>.mp4")
+
+
+# Settings that do not change what an arm learns or how it is scored (may differ between runs
+# merged by --keep-done).
+RUN_ONLY_SETTINGS = ("arms", "threads", "out", "log_every", "keep_done")
+
+
+def load_done(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The results of an earlier run into the same ``--out``, to be extended with more arms.
+    Refuses (SystemExit naming the settings) if that run used other settings, so a merged table
+    always compares arms under one protocol."""
+    fresh = {"args": vars(args), "arms": {}}
+    if not path.exists():
+        return fresh
+    done = json.loads(path.read_text())
+    before, now = done.get("args", {}), vars(args)
+    differ = sorted(k for k in now if k not in RUN_ONLY_SETTINGS and before.get(k) != now[k])
+    if differ:
+        listing = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in differ)
+        raise SystemExit(f"--keep-done: {path} was made with other settings ({listing}); use another --out")
+    return {"args": now, "arms": done.get("arms", {})}
 
 
 def print_results(results: dict[str, Any], args) -> None:
