@@ -1,10 +1,21 @@
 """lumiere eval: prompts, reference clips, Frechet distance and the end-to-end report."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from lumiere.eval.evaluate import draw_prompts, evaluate, frechet_distance, probe_features, real_clips_for
+from lumiere.data.shapes import parse_caption
+from lumiere.eval.evaluate import (
+    NO_OBJECT,
+    confusion,
+    draw_prompts,
+    evaluate,
+    frechet_distance,
+    probe_features,
+    real_clips_for,
+)
 from lumiere.eval.probe import probe_clip, score
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.stunet import STUNet
@@ -20,6 +31,23 @@ def test_reference_clips_show_their_captions():
     prompts = draw_prompts(12, 0)
     clips = real_clips_for(prompts, num_frames=16, resolution=32, seed=1)
     assert all(score(clip, prompt)["all"] for clip, prompt in zip(clips, prompts, strict=True))
+
+
+def test_confusion_counts_what_the_probe_read_for_each_prompted_value():
+    prompts = draw_prompts(12, 0)
+    real = [probe_clip(c) for c in real_clips_for(prompts, num_frames=16, resolution=32, seed=1)]
+    table = confusion(real, prompts)
+    for name in ("background", "shape", "colour", "motion"):
+        wanted = [parse_caption(p)[name] for p in prompts if parse_caption(p)[name] is not None]
+        assert sum(sum(row.values()) for row in table[name].values()) == len(wanted)
+        for value, row in table[name].items():  # real clips are read as prompted: the table is diagonal
+            assert row == {value: wanted.count(value)}
+    noise = [probe_clip(np.random.default_rng(i).random((16, 32, 32, 3))) for i in range(len(prompts))]
+    assert all(set(row) == {NO_OBJECT} for row in confusion(noise, prompts)["shape"].values())
+    # a clip read with another shape lands off the diagonal
+    swapped = dataclasses.replace(real[0], shape="square" if real[0].shape != "square" else "circle")
+    wanted_shape = parse_caption(prompts[0])["shape"]
+    assert confusion([swapped], prompts[:1])["shape"] == {wanted_shape: {swapped.shape: 1}}
 
 
 def test_frechet_distance():
@@ -53,6 +81,7 @@ def test_evaluate_reports_every_figure():
     assert set(report["accuracy"]) == {"object", "background", "shape", "colour", "motion", "all"}
     assert all(0.0 <= v <= 1.0 for v in report["accuracy"].values())
     assert np.isfinite(report["frechet_probe_distance"])
+    assert sum(sum(row.values()) for row in report["confusion"]["colour"].values()) == 3
     with pytest.raises(ValueError, match="count"):
         evaluate(pipe, count=1)
 

@@ -7,7 +7,9 @@ analytic probe (``probe.py``). Reported:
   on its own;
 - temporal consistency of generated and of real clips (the probe's figure);
 - Frechet distance (Heusel et al. 2017, Eq. 6) between probe features of generated clips and of
-  real MovingShapes clips for the same captions: 0 for identical distributions.
+  real MovingShapes clips for the same captions: 0 for identical distributions;
+- confusion counts per attribute (what the probe read for each value the prompt asked for), which
+  say *how* a model fails: e.g. circles read as squares, or "moving right" read as static.
 """
 
 from __future__ import annotations
@@ -81,6 +83,25 @@ def real_clips_for(captions: list[str], num_frames: int, resolution: int, seed: 
         cx, cy, size = sample_trajectory(rng, attributes, num_frames, resolution, resolution)
         clips.append(render_clip(attributes, cx, cy, size, resolution, resolution))
     return clips
+
+
+NO_OBJECT = "no object"  # the confusion entry for clips in which the probe finds no coherent object
+
+
+def confusion(readings: list[ProbeResult], prompts: list[str]) -> dict[str, dict[str, dict[str, int]]]:
+    """Per attribute, {prompted value: {read value: clips}} over the prompts that name it. A clip
+    with no coherent object counts under ``NO_OBJECT``."""
+    table: dict[str, dict[str, dict[str, int]]] = {name: {} for name in ATTRIBUTES}
+    for reading, prompt in zip(readings, prompts, strict=True):
+        for name, wanted in parse_caption(prompt).items():
+            if name not in table or wanted is None:
+                continue
+            read = getattr(reading, name) if reading.is_object else NO_OBJECT
+            row = table[name].setdefault(wanted, {})
+            row[read] = row.get(read, 0) + 1
+    return {
+        name: {w: dict(sorted(r.items())) for w, r in sorted(rows.items())} for name, rows in table.items()
+    }
 
 
 def generate_clips(
@@ -173,5 +194,6 @@ def evaluate(
             "real": float(np.mean([r.temporal_consistency for r in real_readings])),
         },
         "frechet_probe_distance": fd,
+        "confusion": confusion(readings, prompts),
         "seconds_per_clip": seconds_per_clip,
     }
