@@ -15,6 +15,7 @@ analytic probe (``probe.py``). Reported:
 from __future__ import annotations
 
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -91,14 +92,11 @@ NO_OBJECT = "no object"  # the confusion entry for clips in which the probe find
 def confusion(readings: list[ProbeResult], prompts: list[str]) -> dict[str, dict[str, dict[str, int]]]:
     """Per attribute, {prompted value: {read value: clips}} over the prompts that name it. A clip
     with no coherent object counts under ``NO_OBJECT``."""
-    table: dict[str, dict[str, dict[str, int]]] = {name: {} for name in ATTRIBUTES}
+    table: dict[str, dict[str, Counter[str]]] = {name: defaultdict(Counter) for name in ATTRIBUTES}
     for reading, prompt in zip(readings, prompts, strict=True):
         for name, wanted in parse_caption(prompt).items():
-            if name not in table or wanted is None:
-                continue
-            read = getattr(reading, name) if reading.is_object else NO_OBJECT
-            row = table[name].setdefault(wanted, {})
-            row[read] = row.get(read, 0) + 1
+            if name in table and wanted is not None:
+                table[name][wanted][getattr(reading, name) if reading.is_object else NO_OBJECT] += 1
     return {
         name: {w: dict(sorted(r.items())) for w, r in sorted(rows.items())} for name, rows in table.items()
     }
