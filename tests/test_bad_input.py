@@ -191,6 +191,14 @@ def write_yaml(tmp_path, data) -> str:
         ({"data": {"resolution": "large"}}, r"config key data.resolution must be int, got str 'large'"),
         ({"data": {"num_frames": 0}}, r"config key data.num_frames must be >= 1"),
         ({"optim": {"lr": -1.0}}, r"config key optim.lr must be > 0"),
+        (
+            {"optim": {"timestep_bias_portion": 2.0}},
+            r"config key optim.timestep_bias_portion must be in \[0, 1\]",
+        ),
+        (
+            {"optim": {"timestep_bias_begin": 1000}},
+            r"config key optim.timestep_bias_begin must be in \[0, 999\]",
+        ),
         ("- a\n- list\n", r"a training config must be a mapping, got list"),
     ],
 )

@@ -151,6 +151,29 @@ def test_sample_timesteps():
     assert torch.equal(timesteps, objective.sample_timesteps(4096, torch.Generator().manual_seed(0)))
 
 
+def test_sample_timesteps_bias_towards_high_noise():
+    objective = _objective()
+    # portion 0 draws exactly what the unbiased sampler draws (old configs reproduce)
+    unbiased = objective.sample_timesteps(4096, torch.Generator().manual_seed(0))
+    assert torch.equal(
+        unbiased, objective.sample_timesteps(4096, torch.Generator().manual_seed(0), bias_portion=0.0)
+    )
+    # portion p: p of the draws from [begin, 1000) plus (1 - p) uniform, so P(t >= begin) = p + (1 - p) * 0.2
+    biased = objective.sample_timesteps(
+        8192, torch.Generator().manual_seed(1), bias_portion=0.5, bias_begin=800
+    )
+    assert biased.dtype == torch.long and biased.min() >= 0 and biased.max() <= 999
+    assert abs((biased >= 800).float().mean().item() - 0.6) < 0.03
+    everything_late = objective.sample_timesteps(
+        512, torch.Generator().manual_seed(2), bias_portion=1.0, bias_begin=950
+    )
+    assert everything_late.min() >= 950
+    with pytest.raises(ValueError, match=r"bias_portion must be in \[0, 1\]"):
+        objective.sample_timesteps(4, bias_portion=1.5)
+    with pytest.raises(ValueError, match=r"bias_begin must be in \[0, 999\]"):
+        objective.sample_timesteps(4, bias_portion=0.5, bias_begin=1000)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_training_loss_with_an_oracle_model(shape):
     """A model that knows x0 predicts v = (alpha*x_t - x0) / sigma exactly: loss ~ 0."""

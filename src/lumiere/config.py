@@ -63,6 +63,8 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999  # EMA of the weights used for sampling and export
     min_snr_gamma: float | None = 5.0  # min-SNR loss weighting (Hang et al. 2023); None: off
+    timestep_bias_portion: float = 0.0  # share of timesteps drawn from [timestep_bias_begin, T) instead of [0, T)
+    timestep_bias_begin: int = 700  # start of the high-noise range of the timestep bias
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance
     max_bad_steps: int = 10  # consecutive non-finite losses/gradients before the run stops
     max_augmentation_level: int = 250  # ssr: low-res noise augmentation level ~ U[0, this] (a timestep)
@@ -111,6 +113,8 @@ class TrainConfig:
                 "4 shares >= 0 (t2v, i2v, inpaint, cinemagraph) with a positive sum",
             ),
             ("optim.max_augmentation_level", 0 <= self.optim.max_augmentation_level <= 999, "in [0, 999]"),
+            ("optim.timestep_bias_portion", 0 <= self.optim.timestep_bias_portion <= 1, "in [0, 1]"),
+            ("optim.timestep_bias_begin", 0 <= self.optim.timestep_bias_begin <= 999, "in [0, 999]"),
         ]
         for key, ok, accepted in checks:
             if not ok:

@@ -534,7 +534,12 @@ def train(
                 x0 = residual_over_bilinear(clean, config.model.ssr_scale)
             captions = drop_captions(batch["caption"], config.optim.caption_dropout, generator=generator)
             states, mask = text_encoder.encode(captions, device=accelerator.device)
-            timesteps = objective.sample_timesteps(x0.shape[0], generator=generator).to(accelerator.device)
+            timesteps = objective.sample_timesteps(
+                x0.shape[0],
+                generator=generator,
+                bias_portion=config.optim.timestep_bias_portion,
+                bias_begin=config.optim.timestep_bias_begin,
+            ).to(accelerator.device)
             noise = torch.randn(x0.shape, generator=generator).to(accelerator.device)
             noisy = objective.add_noise(x0, noise, timesteps)
             condition = stage_condition(config, clean, objective.scheduler.alphas_cumprod, generator)

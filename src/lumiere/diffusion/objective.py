@@ -105,12 +105,30 @@ class DiffusionObjective:
         batch: int,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        bias_portion: float = 0.0,
+        bias_begin: int = 700,
     ) -> torch.Tensor:
-        """[batch] long timesteps, uniform over 0..num_train_timesteps-1."""
+        """[batch] long timesteps, uniform over 0..num_train_timesteps-1; with ``bias_portion`` > 0,
+        each one is instead drawn uniformly from ``bias_begin``..num_train_timesteps-1 with that
+        probability (the "later" timestep bias of diffusers' SDXL training script).
+
+        The bias puts more of the training signal on the high-noise steps, where a clip's layout and
+        motion are decided; with ``bias_portion == 0`` the generator is consumed exactly as without it.
+        """
+        if not 0.0 <= bias_portion <= 1.0:
+            raise ValueError(f"bias_portion must be in [0, 1], got {bias_portion}")
+        if not 0 <= bias_begin < self.num_train_timesteps:
+            raise ValueError(f"bias_begin must be in [0, {self.num_train_timesteps - 1}], got {bias_begin}")
         gen_device = generator.device if generator is not None else device
         timesteps = torch.randint(
             0, self.num_train_timesteps, (batch,), generator=generator, device=gen_device
         )
+        if bias_portion > 0:
+            late = torch.randint(
+                bias_begin, self.num_train_timesteps, (batch,), generator=generator, device=gen_device
+            )
+            biased = torch.rand(batch, generator=generator, device=gen_device) < bias_portion
+            timesteps = torch.where(biased, late, timesteps)
         return timesteps.to(device) if device is not None else timesteps
 
     # ---- forward process and targets ----------------------------------------------------------
