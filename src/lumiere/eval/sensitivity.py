@@ -9,9 +9,10 @@ reads the attribute does worse with the swapped caption; one that ignores it doe
 
     (loss_swapped - loss_true) / (loss_empty - loss_true),
 
-the part of what the caption is worth at that noise level that is lost when only this attribute is
-wrong (0: the attribute is ignored). High timesteps matter most: they are where the sampler decides
-the layout and the motion of the clip.
+the cost of this one wrong attribute in units of the cost of dropping the whole caption: 0 when the
+model ignores the attribute, 1 when getting it wrong costs as much as having no caption, above 1 when
+a wrong value is worse than none (the model commits to what the caption says). High timesteps
+matter most: they are where the sampler decides the layout and the motion of the clip.
 
 No sampling is involved, so this is fast (one forward pass per clip, timestep and caption) and
 precise enough to follow a training run. ``python -m lumiere.eval.sensitivity --help``.
