@@ -33,6 +33,7 @@ from lumiere.diffusion.objective import DiffusionObjective, make_noise_scheduler
 from lumiere.models.conditional import empty_condition, is_conditional_stunet
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder
+from lumiere.train import forward_model
 
 
 def _cycle(values: Sequence[str]) -> dict[str, str]:
@@ -134,14 +135,13 @@ def caption_sensitivity(
     for start in range(0, count, batch_size):
         part = slice(start, start + batch_size)
         clean, eps = x0[part].to(device), noise[part].to(device)
-        extra = empty_condition(tuple(clean.shape), device=device).video if conditional else None
+        condition = empty_condition(tuple(clean.shape), device=device) if conditional else None
         encoded = {name: text_encoder.encode(texts[part], device=device) for name, texts in captions.items()}
         for i, t in enumerate(timesteps):
             steps = torch.full((clean.shape[0],), int(t), device=device)
             noisy = objective.add_noise(clean, eps, steps)
-            net_input = noisy if extra is None else torch.cat([noisy, extra.to(noisy.dtype)], dim=1)
             for name, (states, mask) in encoded.items():
-                prediction = stunet(net_input, steps, states, encoder_attention_mask=mask).sample
+                prediction = forward_model(stunet, noisy, steps, states, mask, condition)
                 loss = objective.loss_per_sample(prediction, clean, eps, steps).sum().item()
                 totals[name][i] += loss
     losses = {name: [value / count for value in values] for name, values in totals.items()}
