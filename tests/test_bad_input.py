@@ -199,6 +199,15 @@ def write_yaml(tmp_path, data) -> str:
             {"optim": {"timestep_bias_begin": 1000}},
             r"config key optim.timestep_bias_begin must be in \[0, 999\]",
         ),
+        ({"data": {"motion_mix": [1, 1]}}, r"config key data.motion_mix must have 7 entries, got 2"),
+        (
+            {"stage": "stunet", "data": {"motion_mix": [1, 1, 1, 1, 1, 1, -1]}},
+            r"config key data.motion_mix must be None or 7 shares >= 0",
+        ),
+        (
+            {"data": {"motion_mix": [1, 1, 1, 1, 1, 1, 1]}},  # stage t2i: single frames, no motion
+            r"config key data.motion_mix applies to shapes data in video stages only",
+        ),
         ("- a\n- list\n", r"a training config must be a mapping, got list"),
     ],
 )

@@ -51,6 +51,10 @@ def test_direction_swap_applies_only_to_translations():
     assert swapped_attributes({**item, "motion": "growing"}, "direction") is None
     assert swapped_attributes({**item, "motion": "moving up"}, "direction")["motion"] == "moving down"
     assert swapped_attributes({**item, "motion": "moving up"}, "axis")["motion"] == "moving left"
+    assert swapped_attributes({**item, "motion": "moving up"}, "left_right") is None
+    assert swapped_attributes({**item, "motion": "moving left"}, "left_right")["motion"] == "moving right"
+    assert swapped_attributes({**item, "motion": "moving left"}, "up_down") is None
+    assert swapped_attributes({**item, "motion": "moving down"}, "up_down")["motion"] == "moving up"
 
 
 def test_text_blind_model_has_no_sensitivity(encoder):

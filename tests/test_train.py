@@ -85,6 +85,16 @@ def test_tiny_stunet_overfits_one_clip(tmp_path):
     assert after * 5 <= before, (before, after)
 
 
+def test_motion_mix_reaches_the_training_data(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        stage="stunet",
+        **{"model.init_from": str(tmp_path), "data.motion_mix": [0, 0, 1, 1, 0, 0, 0]},
+    )
+    dataset, _ = build_dataset(config)
+    assert {dataset[i]["attributes"]["motion"] for i in range(20)} == {"moving up", "moving down"}
+
+
 def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
     uninterrupted = train(tiny_config(tmp_path / "full"))
     config = tiny_config(tmp_path / "resumed")

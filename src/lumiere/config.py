@@ -50,6 +50,9 @@ class DataConfig:
         0.2,
         0.15,
     )  # conditional: shares of t2v, i2v, inpaint, cinemagraph
+    # shapes video stages: shares of the motions (left, right, up, down, growing, shrinking,
+    # bouncing); None: uniform
+    motion_mix: tuple[float, float, float, float, float, float, float] | None = None
 
 
 @dataclass
@@ -125,6 +128,12 @@ class TrainConfig:
             raise ValueError(
                 f"config key data.style must be null or one of {list(STYLES)}, got {self.data.style!r}"
             )
+        if self.data.motion_mix is not None:
+            from lumiere.data.shapes import check_motion_mix
+
+            check_motion_mix(self.data.motion_mix, name="config key data.motion_mix")
+            if self.data.kind != "shapes" or self.stage == "t2i":
+                raise ValueError("config key data.motion_mix applies to shapes data in video stages only")
         if self.data.kind == "folder" and not self.data.path:
             raise ValueError("config key data.path is required when data.kind is 'folder'")
         if self.stage != "t2i" and not self.model.init_from:

@@ -139,6 +139,7 @@ def _build_base_dataset(config: TrainConfig) -> tuple[Dataset, bool]:
             resolution=data.resolution,
             seed=data.seed,
             mode=mode,
+            motion_mix=data.motion_mix,
         )
         return dataset, data.length is not None
     from lumiere.data.video_folder import VideoFolder

@@ -112,15 +112,43 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'video' or 'image', got {mode!r}")
 
 
-def random_attributes(rng: np.random.Generator, mode: str = "video") -> dict[str, str]:
-    """Draw {background, shape, colour, motion} uniformly; motion is ``STATIC`` in image mode."""
+def check_motion_mix(
+    motion_mix: Sequence[float] | None, name: str = "motion_mix"
+) -> tuple[float, ...] | None:
+    """None, or one share >= 0 per entry of MOTIONS with a positive sum, as floats; ValueError otherwise."""
+    if motion_mix is None:
+        return None
+    shares = tuple(float(w) for w in motion_mix)
+    if len(shares) != len(MOTIONS) or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(
+            f"{name} must be None or {len(MOTIONS)} shares >= 0 with a positive sum, one per motion "
+            f"{MOTIONS}, got {list(motion_mix)}"
+        )
+    return shares
+
+
+def random_attributes(
+    rng: np.random.Generator, mode: str = "video", motion_mix: Sequence[float] | None = None
+) -> dict[str, str]:
+    """Draw {background, shape, colour, motion} uniformly; motion is ``STATIC`` in image mode.
+
+    ``motion_mix``: relative shares of the MOTIONS in order (None: uniform), e.g. to over-sample the
+    motions a model gets wrong in a fine-tuning stage.
+    """
     _check_mode(mode)
-    return {
+    shares = check_motion_mix(motion_mix)
+    attributes = {
         "background": str(rng.choice(list(BACKGROUNDS))),
         "shape": str(rng.choice(SHAPES)),
         "colour": str(rng.choice(list(COLOURS))),
-        "motion": str(rng.choice(MOTIONS)) if mode == "video" else STATIC,
     }
+    if mode != "video":
+        motion = STATIC
+    elif shares is None:
+        motion = str(rng.choice(MOTIONS))  # the data stream of every stage trained so far
+    else:
+        motion = str(rng.choice(MOTIONS, p=np.asarray(shares) / sum(shares)))
+    return {**attributes, "motion": motion}
 
 
 def make_caption(attributes: dict[str, str], template: int = 0, phrase: int = 0) -> str:
@@ -318,6 +346,7 @@ class MovingShapes(Dataset):
         resolution: int | Sequence[int] = 32,  # int or (h, w)
         seed: int = 0,  # item i is drawn from numpy default_rng([seed, i])
         mode: str = "video",  # "video": moving clips; "image": single frames, captions without motion
+        motion_mix: Sequence[float] | None = None,  # shares of MOTIONS in order; None: uniform
     ) -> None:
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -326,6 +355,9 @@ class MovingShapes(Dataset):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         _check_mode(mode)
+        self.motion_mix = check_motion_mix(motion_mix)
+        if self.motion_mix is not None and mode != "video":
+            raise ValueError(f"motion_mix applies to mode 'video' only, not {mode!r}")
         self.length = int(length)
         self.num_frames = 1 if mode == "image" else int(num_frames)
         self.height, self.width = _resolution(resolution)
@@ -341,7 +373,7 @@ class MovingShapes(Dataset):
             raise IndexError(f"index must be in [-{self.length}, {self.length - 1}], got {index}")
         index %= self.length
         rng = np.random.default_rng([self.seed, index])
-        attributes = random_attributes(rng, self.mode)
+        attributes = random_attributes(rng, self.mode, self.motion_mix)
         caption = _caption_from_rng(attributes, rng)
         cx, cy, size = sample_trajectory(rng, attributes, self.num_frames, self.height, self.width)
         frames = render_clip(attributes, cx, cy, size, self.height, self.width)

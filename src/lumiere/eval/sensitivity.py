@@ -42,7 +42,8 @@ def _cycle(values: Sequence[str]) -> dict[str, str]:
 
 
 # attribute -> (attribute key in the caption grammar, replacement of each value). "direction" keeps
-# the axis and reverses the sense, "axis" turns a horizontal translation into a vertical one.
+# the axis and reverses the sense ("left_right" and "up_down" do so on one axis only), "axis" turns
+# a horizontal translation into a vertical one.
 SWAPS: dict[str, tuple[str, dict[str, str]]] = {
     "colour": ("colour", _cycle(list(COLOURS))),
     "shape": ("shape", _cycle(SHAPES)),
@@ -56,6 +57,9 @@ SWAPS: dict[str, tuple[str, dict[str, str]]] = {
             "moving down": "moving up",
         },
     ),
+    # the two halves of "direction", to tell the horizontal sense from the vertical one
+    "left_right": ("motion", {"moving left": "moving right", "moving right": "moving left"}),
+    "up_down": ("motion", {"moving up": "moving down", "moving down": "moving up"}),
     "axis": (
         "motion",
         {
