@@ -1,6 +1,8 @@
 """lumiere eval: prompts, reference clips, Frechet distance and the end-to-end report."""
 
 import dataclasses
+import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -82,8 +84,35 @@ def test_evaluate_reports_every_figure():
     assert all(0.0 <= v <= 1.0 for v in report["accuracy"].values())
     assert np.isfinite(report["frechet_probe_distance"])
     assert sum(sum(row.values()) for row in report["confusion"]["colour"].values()) == 3
+    # One reading per clip, in prompt order, agreeing with the confusion counts.
+    readings = report["clip_readings"]
+    assert [r["prompt"] for r in readings] == draw_prompts(3, 0)
+    for name in ("shape", "colour"):
+        read = Counter(r["read"][name] if r["is_object"] else NO_OBJECT for r in readings)
+        counted = Counter()
+        for row in report["confusion"][name].values():
+            counted.update(row)
+        assert read == counted
+    assert all(np.isfinite(r["fill_ratio"]) and np.isfinite(r["travel_x"]) for r in readings)
     with pytest.raises(ValueError, match="count"):
         evaluate(pipe, count=1)
+
+
+def test_cli_eval_prints_the_summary_and_writes_per_clip_readings(tmp_path, capsys):
+    from lumiere.cli import main
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    LumierePipeline.from_stunet(
+        STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"])
+    ).save_pretrained(path)
+    out = tmp_path / "eval.json"
+    args = ["eval", "--model", str(path), "--count", "2", "--frames", "2", "--steps", "1", "--out", str(out)]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    assert "clip_readings" not in printed and len(written["clip_readings"]) == 2
+    assert printed == {key: value for key, value in written.items() if key != "clip_readings"}
 
 
 def test_evaluate_in_windows_measures_longer_clips(monkeypatch):

@@ -9,7 +9,9 @@ analytic probe (``probe.py``). Reported:
 - Frechet distance (Heusel et al. 2017, Eq. 6) between probe features of generated clips and of
   real MovingShapes clips for the same captions: 0 for identical distributions;
 - confusion counts per attribute (what the probe read for each value the prompt asked for), which
-  say *how* a model fails: e.g. circles read as squares, or "moving right" read as static.
+  say *how* a model fails: e.g. circles read as squares, or "moving right" read as static;
+- per clip, the prompt, what the probe read and the measurements behind it (``clip_readings``), so
+  a failure can be traced to a margin: e.g. squares whose fill ratio falls just short of a square's.
 """
 
 from __future__ import annotations
@@ -99,6 +101,24 @@ def confusion(readings: list[ProbeResult], prompts: list[str]) -> dict[str, dict
                 table[name][wanted][getattr(reading, name) if reading.is_object else NO_OBJECT] += 1
     return {
         name: {w: dict(sorted(r.items())) for w, r in sorted(rows.items())} for name, rows in table.items()
+    }
+
+
+def clip_reading(reading: ProbeResult, prompt: str) -> dict[str, Any]:
+    """One clip's line in the report: the prompt, what the probe read, and the figures it read them
+    from (fill ratio and triangle offset for the shape; net travel in x and y, as fractions of the
+    frame, and log-area growth for the motion)."""
+    details = reading.details
+    return {
+        "prompt": prompt,
+        "is_object": bool(reading.is_object),
+        "reason": reading.reason,
+        "read": {name: getattr(reading, name) for name in ATTRIBUTES},
+        "fill_ratio": round(float(reading.fill_ratio), 4),
+        "triangle_offset": round(float(reading.triangle_offset), 4),
+        "travel_x": round(float(details["travel_x"]), 4),
+        "travel_y": round(float(details["travel_y"]), 4),
+        "log_growth": round(float(details["log_growth"]), 4),
     }
 
 
@@ -194,4 +214,5 @@ def evaluate(
         "frechet_probe_distance": fd,
         "confusion": confusion(readings, prompts),
         "seconds_per_clip": seconds_per_clip,
+        "clip_readings": [clip_reading(r, p) for r, p in zip(readings, prompts, strict=True)],
     }
