@@ -113,7 +113,7 @@ def clip_reading(reading: ProbeResult, prompt: str) -> dict[str, Any]:
         "prompt": prompt,
         "is_object": bool(reading.is_object),
         "reason": reading.reason,
-        "read": {name: getattr(reading, name) for name in ATTRIBUTES},
+        "read": reading.attributes(),
         "fill_ratio": round(float(reading.fill_ratio), 4),
         "triangle_offset": round(float(reading.triangle_offset), 4),
         "travel_x": round(float(details["travel_x"]), 4),
