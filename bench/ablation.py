@@ -477,8 +477,9 @@ def main() -> None:
 
 
 # Settings that do not change what an arm learns or how it is scored (may differ between runs
-# merged by --keep-done).
-RUN_ONLY_SETTINGS = ("arms", "threads", "out", "log_every", "keep_done")
+# merged by --keep-done). --threads is not one of them: under a wall-clock budget it sets how many
+# steps an arm gets, so arms merged into one table must have had the same number of cores.
+RUN_ONLY_SETTINGS = ("arms", "out", "log_every", "keep_done")
 
 
 def load_done(path: Path, args: argparse.Namespace) -> dict[str, Any]:
