@@ -34,7 +34,8 @@ video per arm to ``--out``.
 
     python bench/ablation.py --minutes 60 --threads 2 --out runs/ablation      # ~3 h of training
     python bench/ablation.py --init-from runs/t2i_default/model --minutes 60 --out runs/ablation_init
-    # the same, one arm per session: each call trains only the arms not yet in results.json
+    # the same, one arm per session: each call trains only the arms not yet in results.json, and
+    # resumes an arm stopped mid-training (a killed session) from its state, written every 5 min
     python bench/ablation.py --init-from runs/t2i_default/model --minutes 60 --out runs/ablation_init \\
         --arms stunet --keep-done
     python bench/ablation.py --preset tiny --resolution 16 --frames 8 --minutes 0.05 \\
@@ -45,6 +46,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,8 +237,30 @@ def batch_of(data: MovingShapes, step: int, size: int) -> tuple[torch.Tensor, li
     return torch.stack([item["video"] for item in items]), [item["caption"] for item in items]
 
 
-def train_stage(stage: Stage, seconds: float, data: MovingShapes, encoder, args) -> None:
-    """Train ``stage.model`` until ``seconds`` of wall-clock are spent; leave the EMA weights in it."""
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """``torch.save`` under a temporary name, fsynced, then renamed: a kill leaves the old state or
+    the new one, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train_stage(
+    stage: Stage, seconds: float, data: MovingShapes, encoder, args, state_path: Path | None = None
+) -> None:
+    """Train ``stage.model`` until ``seconds`` of training wall-clock are spent; leave the EMA
+    weights in it.
+
+    With ``state_path``, the stage's state (weights, optimizer, warm-up, EMA, step, losses and the
+    training seconds spent) is written there every ``--checkpoint-minutes`` and when the stage
+    ends; a later call with the same path continues a stopped stage where it was, or loads a
+    finished one. Only time spent in training steps counts against the budget (not model building,
+    not writing states), and data and noise are functions of the step, so a stage stopped and
+    resumed trains as one run would.
+    """
     model = stage.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr)
@@ -244,8 +269,37 @@ def train_stage(stage: Stage, seconds: float, data: MovingShapes, encoder, args)
     )
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     losses: list[float] = []
-    step, start = 0, time.monotonic()
-    while time.monotonic() - start < seconds:
+    step, spent = 0, 0.0
+    if state_path is not None and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        if state["finished"]:
+            model.eval()
+            stage.log = state["log"]
+            print(f"  {stage.name}: finished earlier, loaded from {state_path}")
+            return
+        optimizer.load_state_dict(state["optimizer"])
+        warmup.load_state_dict(state["warmup"])
+        ema.load_state_dict(state["ema"])
+        losses, step, spent = state["losses"], state["step"], state["seconds"]
+        print(f"  {stage.name}: resumed at step {step}, {spent:.0f}/{seconds:.0f} s spent")
+
+    def state_now(finished: bool) -> dict[str, Any]:
+        state = {"model": model.state_dict(), "finished": finished, "log": stage.log}
+        if not finished:
+            state.update(
+                optimizer=optimizer.state_dict(),
+                warmup=warmup.state_dict(),
+                ema=ema.state_dict(),
+                losses=losses,
+                step=step,
+                seconds=spent,
+            )
+        return state
+
+    every = args.checkpoint_minutes * 60
+    last_saved, segment_start = spent, time.monotonic()
+    while spent < seconds:
         generator = step_generator(args.seed, step, 0)
         clips, captions = batch_of(data, step, args.batch)
         text = encoder.encode(drop_captions(captions, args.caption_dropout, generator=generator)).states
@@ -258,21 +312,28 @@ def train_stage(stage: Stage, seconds: float, data: MovingShapes, encoder, args)
         ema.step(model.parameters())
         losses.append(loss.item())
         step += 1
+        now = time.monotonic()
+        spent += now - segment_start
+        segment_start = now
         if step % args.log_every == 0:
-            elapsed = time.monotonic() - start
             print(
-                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, {elapsed:.0f}/{seconds:.0f} s"
+                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, {spent:.0f}/{seconds:.0f} s"
             )
+        if state_path is not None and every > 0 and spent - last_saved >= every and spent < seconds:
+            save_state(state_path, state_now(finished=False))
+            last_saved, segment_start = spent, time.monotonic()  # writing is not training time
     ema.copy_to(model.parameters())  # evaluate the EMA weights, as lumiere exports them
     model.eval()
     stage.log = {
         "steps": step,
         "clips": step * args.batch,
-        "seconds": time.monotonic() - start,
+        "seconds": spent,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "params": peers.parameter_count(model),
         "trainable_params": sum(p.numel() for p in params),
     }
+    if state_path is not None:
+        save_state(state_path, state_now(finished=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,14 +484,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--keep-done",
         action="store_true",
-        help="keep the arms already in OUT/results.json (same settings) and train only the others: "
-        "spreads a long ablation over several sessions, one or more arms at a time",
+        help="keep the arms already in OUT/results.json (same settings) and train only the others, "
+        "resuming an arm stopped mid-training from its last state in OUT/state/ARM: spreads a long "
+        "ablation over several sessions",
+    )
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        help="write each stage's training state to OUT/state/ARM this often (training time; 0: only "
+        "when a stage ends)",
     )
     args = parser.parse_args()
     if args.freeze_spatial and not args.init_from:
         parser.error("--freeze-spatial needs --init-from (from scratch there is nothing to freeze)")
     if not 0 < args.tsr_share < 1:
         parser.error("--tsr-share must be in (0, 1)")
+    if args.checkpoint_minutes < 0:
+        parser.error(f"--checkpoint-minutes must be >= 0, got {args.checkpoint_minutes}")
     return args
 
 
@@ -459,8 +530,19 @@ def main() -> None:
         multiple = stages[-1].model.frame_multiple
         if args.frames % multiple:
             raise SystemExit(f"{arm}: --frames {args.frames} must be a multiple of {multiple}")
+        states = out / "state" / arm  # per-stage training states, so a stopped arm resumes
+        if not args.keep_done and states.exists():
+            shutil.rmtree(states)  # without --keep-done every arm starts afresh
+        check_state_settings(states / "args.json", args)
         for stage in stages:
-            train_stage(stage, args.minutes * 60 * stage.share, data, encoder, args)
+            train_stage(
+                stage,
+                args.minutes * 60 * stage.share,
+                data,
+                encoder,
+                args,
+                states / f"{stage.name.replace('/', '-')}.pt",
+            )
         start = time.perf_counter()
         clips = sample_arm(stages, general + bouncing, encoder, objective, args)
         seconds_per_clip = (time.perf_counter() - start) / len(clips)
@@ -472,6 +554,7 @@ def main() -> None:
             **scores,
         }
         (out / "results.json").write_text(json.dumps(results, indent=2))
+        shutil.rmtree(states)  # the arm is in results.json; its states are no longer needed
     print_results(results, args)
     print(f"results: {out / 'results.json'}; sample grids: {out}/<arm>.mp4")
 
@@ -479,7 +562,28 @@ def main() -> None:
 # Settings that do not change what an arm learns or how it is scored (may differ between runs
 # merged by --keep-done). --threads is not one of them: under a wall-clock budget it sets how many
 # steps an arm gets, so arms merged into one table must have had the same number of cores.
-RUN_ONLY_SETTINGS = ("arms", "out", "log_every", "keep_done")
+RUN_ONLY_SETTINGS = ("arms", "out", "log_every", "keep_done", "checkpoint_minutes")
+
+
+def protocol_differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings (other than RUN_ONLY_SETTINGS) that differ, as "k: a then, b now", or ""."""
+    differ = sorted(k for k in now if k not in RUN_ONLY_SETTINGS and before.get(k) != now[k])
+    return ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in differ)
+
+
+def check_state_settings(path: Path, args: argparse.Namespace) -> None:
+    """Record the settings of an arm's training states in ``path``, or refuse (SystemExit) to
+    resume states made with other ones."""
+    if path.exists():
+        differ = protocol_differences(json.loads(path.read_text()), vars(args))
+        if differ:
+            raise SystemExit(
+                f"--keep-done: the states in {path.parent} were made with other settings ({differ}); "
+                "use another --out, or delete that folder to restart the arm"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(vars(args), indent=2))
 
 
 def load_done(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -490,12 +594,10 @@ def load_done(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     if not path.exists():
         return fresh
     done = json.loads(path.read_text())
-    before, now = done.get("args", {}), vars(args)
-    differ = sorted(k for k in now if k not in RUN_ONLY_SETTINGS and before.get(k) != now[k])
+    differ = protocol_differences(done.get("args", {}), vars(args))
     if differ:
-        listing = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in differ)
-        raise SystemExit(f"--keep-done: {path} was made with other settings ({listing}); use another --out")
-    return {"args": now, "arms": done.get("arms", {})}
+        raise SystemExit(f"--keep-done: {path} was made with other settings ({differ}); use another --out")
+    return {"args": vars(args), "arms": done.get("arms", {})}
 
 
 def print_results(results: dict[str, Any], args) -> None:
