@@ -282,7 +282,7 @@ def train_stage(
         warmup.load_state_dict(state["warmup"])
         ema.load_state_dict(state["ema"])
         losses, step, spent = state["losses"], state["step"], state["seconds"]
-        print(f"  {stage.name}: resumed at step {step}, {spent:.0f}/{seconds:.0f} s spent")
+        print(f"  {stage.name}: resumed at step {step}, {spent:.0f}/{seconds:.0f} s spent", flush=True)
 
     def state_now(finished: bool) -> dict[str, Any]:
         state = {"model": model.state_dict(), "finished": finished, "log": stage.log}
@@ -317,7 +317,8 @@ def train_stage(
         segment_start = now
         if step % args.log_every == 0:
             print(
-                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, {spent:.0f}/{seconds:.0f} s"
+                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, {spent:.0f}/{seconds:.0f} s",
+                flush=True,  # progress shows in a redirected log while the arm trains
             )
         if state_path is not None and every > 0 and spent - last_saved >= every and spent < seconds:
             save_state(state_path, state_now(finished=False))
