@@ -271,7 +271,7 @@ def train_stage(
     losses: list[float] = []
     step, spent = 0, 0.0
     if state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         if state["finished"]:
             model.eval()
