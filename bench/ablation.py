@@ -269,6 +269,7 @@ def train_stage(
     )
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     losses: list[float] = []
+    step_seconds: list[float] = []  # per step: shows a stretch where the machine ran slow
     step, spent = 0, 0.0
     if state_path is not None and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -282,6 +283,7 @@ def train_stage(
         warmup.load_state_dict(state["warmup"])
         ema.load_state_dict(state["ema"])
         losses, step, spent = state["losses"], state["step"], state["seconds"]
+        step_seconds = state.get("step_seconds", [])
         print(f"  {stage.name}: resumed at step {step}, {spent:.0f}/{seconds:.0f} s spent", flush=True)
 
     def state_now(finished: bool) -> dict[str, Any]:
@@ -292,6 +294,7 @@ def train_stage(
                 warmup=warmup.state_dict(),
                 ema=ema.state_dict(),
                 losses=losses,
+                step_seconds=step_seconds,
                 step=step,
                 seconds=spent,
             )
@@ -313,11 +316,13 @@ def train_stage(
         losses.append(loss.item())
         step += 1
         now = time.monotonic()
+        step_seconds.append(now - segment_start)
         spent += now - segment_start
         segment_start = now
         if step % args.log_every == 0:
             print(
-                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, {spent:.0f}/{seconds:.0f} s",
+                f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, "
+                f"{np.mean(step_seconds[-args.log_every :]):.2f} s/step, {spent:.0f}/{seconds:.0f} s",
                 flush=True,  # progress shows in a redirected log while the arm trains
             )
         if state_path is not None and every > 0 and spent - last_saved >= every and spent < seconds:
@@ -330,6 +335,11 @@ def train_stage(
         "clips": step * args.batch,
         "seconds": spent,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        # Median s/step over each tenth of the stage: under a wall-clock budget a machine that ran
+        # slow for a while (other load, a throttled host) costs the arm steps; this shows when.
+        "seconds_per_step_by_tenth": [
+            float(np.median(part)) for part in np.array_split(step_seconds, 10) if len(part)
+        ],
         "params": peers.parameter_count(model),
         "trainable_params": sum(p.numel() for p in params),
     }
