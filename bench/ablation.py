@@ -10,7 +10,12 @@ bounce of 1.5-2.5 periods per 16 frames is close to aliasing.
 
 Arms (each trained for ``--minutes`` of wall-clock, same data stream, same recipe as
 ``lumiere.train``: v-prediction (min-SNR weights only with ``--min-snr-gamma``), caption dropout,
-AdamW with warm-up, EMA):
+AdamW with warm-up, EMA). Equal wall-clock is measured on one machine at one time: before the
+first arm trains, every stage of every arm takes a few steps side by side, and each stage gets the
+steps that fill its share of ``--minutes`` at its measured speed (``--budget calibrated``, the
+default; the budgets go to ``OUT/calibration.json`` and every later run into that folder reuses
+them). Trained against its own clock instead (``--budget wallclock``), an arm run in a session
+whose host ran 1.6x slower got 1.6x fewer steps (docs/benchmarks.md).
 
 - ``stunet``: our STUNet (``--preset``), one pass over the whole clip;
 - ``cascade``: a base STUNet of the same preset trained on every ``--stride``-th frame, and a TSR
@@ -191,16 +196,26 @@ def unet3d_of(args, image_model: UNet2DConditionModel | None) -> nn.Module:
     return peers.UNet3DDenoiser(unet3d)
 
 
+def stage_shares(arm: str, args) -> dict[str, float]:
+    """Each stage of ``arm`` and its share of the arm's training budget."""
+    if arm == "cascade":
+        return {"cascade/base": 1.0 - args.tsr_share, "cascade/tsr": args.tsr_share}
+    return {arm: 1.0}
+
+
 def build_arm(name: str, args, objective: DiffusionObjective, image_model) -> list[Stage]:
     """The stages of one arm: a single network, or the cascade's base and TSR."""
+    shares = stage_shares(name, args)
 
     def whole_clip(model, clips, text, gen):
         return diffusion_loss(objective, model, clips, text, gen, args.min_snr_gamma)
 
     if name == "stunet":
-        return [Stage("stunet", peers.STUNetDenoiser(stunet_of(args, image_model)), whole_clip, 1.0)]
+        return [
+            Stage("stunet", peers.STUNetDenoiser(stunet_of(args, image_model)), whole_clip, shares["stunet"])
+        ]
     if name == "unet3d":
-        return [Stage("unet3d", unet3d_of(args, image_model), whole_clip, 1.0)]
+        return [Stage("unet3d", unet3d_of(args, image_model), whole_clip, shares["unet3d"])]
     base = peers.STUNetDenoiser(stunet_of(args, image_model))
     keyframes = args.frames // args.stride
     if args.frames % args.stride or keyframes % base.frame_multiple:
@@ -221,13 +236,13 @@ def build_arm(name: str, args, objective: DiffusionObjective, image_model) -> li
         )
 
     return [
-        Stage("cascade/base", base, keyframe_loss, 1.0 - args.tsr_share),
-        Stage("cascade/tsr", tsr, fill_in_loss, args.tsr_share),
+        Stage("cascade/base", base, keyframe_loss, shares["cascade/base"]),
+        Stage("cascade/tsr", tsr, fill_in_loss, shares["cascade/tsr"]),
     ]
 
 
 # ---------------------------------------------------------------------------------------------
-# Training for a wall-clock budget.
+# Training for a budget.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -248,72 +263,114 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long a stage trains: ``seconds`` of training wall-clock, or exactly ``steps`` steps."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    def spent(self, step: int, seconds: float) -> bool:
+        if self.steps is not None:
+            return step >= self.steps
+        return seconds >= self.seconds
+
+    def __str__(self) -> str:
+        return f"{self.steps} steps" if self.steps is not None else f"{self.seconds:.0f} s"
+
+
+class StageTrainer:
+    """One stage's optimisation, as ``lumiere.train`` does it: AdamW with linear warm-up, gradient
+    clipping at 1, EMA with warm-up. ``step(i)`` trains on step ``i``'s batch and noise, which are
+    functions of ``i`` alone, so every arm sees the same data stream and a resumed stage trains as
+    one run would."""
+
+    def __init__(self, stage: Stage, data: MovingShapes, encoder, args):
+        self.stage, self.data, self.encoder, self.args = stage, data, encoder, args
+        self.model = stage.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=args.lr)
+        self.warmup = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / args.warmup_steps)
+        )
+        self.ema = EMAModel(self.model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+
+    def step(self, step: int) -> float:
+        """One optimisation step on step ``step``'s clips ``[batch, 3, f, h, w]``; returns the loss."""
+        args = self.args
+        generator = step_generator(args.seed, step, 0)
+        clips, captions = batch_of(self.data, step, args.batch)
+        text = self.encoder.encode(drop_captions(captions, args.caption_dropout, generator=generator)).states
+        loss = self.stage.loss(self.model, clips, text, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.warmup.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.model.parameters())
+        return loss.item()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "warmup": self.warmup.state_dict(),
+            "ema": self.ema.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.warmup.load_state_dict(state["warmup"])
+        self.ema.load_state_dict(state["ema"])
+
+
 def train_stage(
-    stage: Stage, seconds: float, data: MovingShapes, encoder, args, state_path: Path | None = None
+    stage: Stage, budget: Budget, data: MovingShapes, encoder, args, state_path: Path | None = None
 ) -> None:
-    """Train ``stage.model`` until ``seconds`` of training wall-clock are spent; leave the EMA
-    weights in it.
+    """Train ``stage.model`` until ``budget`` is spent; leave the EMA weights in it.
 
     With ``state_path``, the stage's state (weights, optimizer, warm-up, EMA, step, losses and the
     training seconds spent) is written there every ``--checkpoint-minutes`` and when the stage
     ends; a later call with the same path continues a stopped stage where it was, or loads a
-    finished one. Only time spent in training steps counts against the budget (not model building,
-    not writing states), and data and noise are functions of the step, so a stage stopped and
-    resumed trains as one run would.
+    finished one. Only time spent in training steps counts against a wall-clock budget (not model
+    building, not writing states).
     """
-    model = stage.model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr)
-    warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / args.warmup_steps)
-    )
-    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+    trainer = StageTrainer(stage, data, encoder, args)
+    model = trainer.model
     losses: list[float] = []
     step_seconds: list[float] = []  # per step: shows a stretch where the machine ran slow
     step, spent = 0, 0.0
     if state_path is not None and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
         if state["finished"]:
+            model.load_state_dict(state["model"])
             model.eval()
             stage.log = state["log"]
             print(f"  {stage.name}: finished earlier, loaded from {state_path}")
             return
-        optimizer.load_state_dict(state["optimizer"])
-        warmup.load_state_dict(state["warmup"])
-        ema.load_state_dict(state["ema"])
+        trainer.load_state_dict(state)
         losses, step, spent = state["losses"], state["step"], state["seconds"]
         step_seconds = state.get("step_seconds", [])
-        print(f"  {stage.name}: resumed at step {step}, {spent:.0f}/{seconds:.0f} s spent", flush=True)
+        print(f"  {stage.name}: resumed at step {step}, {spent:.0f} s spent; budget {budget}", flush=True)
 
     def state_now(finished: bool) -> dict[str, Any]:
-        state = {"model": model.state_dict(), "finished": finished, "log": stage.log}
-        if not finished:
-            state.update(
-                optimizer=optimizer.state_dict(),
-                warmup=warmup.state_dict(),
-                ema=ema.state_dict(),
-                losses=losses,
-                step_seconds=step_seconds,
-                step=step,
-                seconds=spent,
-            )
-        return state
+        if finished:
+            return {"model": model.state_dict(), "finished": True, "log": stage.log}
+        return {
+            **trainer.state_dict(),
+            "finished": False,
+            "log": stage.log,
+            "losses": losses,
+            "step_seconds": step_seconds,
+            "step": step,
+            "seconds": spent,
+        }
 
     every = args.checkpoint_minutes * 60
     last_saved, segment_start = spent, time.monotonic()
-    while spent < seconds:
-        generator = step_generator(args.seed, step, 0)
-        clips, captions = batch_of(data, step, args.batch)
-        text = encoder.encode(drop_captions(captions, args.caption_dropout, generator=generator)).states
-        loss = stage.loss(model, clips, text, generator)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        warmup.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(model.parameters())
-        losses.append(loss.item())
+    while not budget.spent(step, spent):
+        losses.append(trainer.step(step))
         step += 1
         now = time.monotonic()
         step_seconds.append(now - segment_start)
@@ -322,13 +379,18 @@ def train_stage(
         if step % args.log_every == 0:
             print(
                 f"  {stage.name}: step {step}, loss {np.mean(losses[-args.log_every :]):.4f}, "
-                f"{np.mean(step_seconds[-args.log_every :]):.2f} s/step, {spent:.0f}/{seconds:.0f} s",
+                f"{np.mean(step_seconds[-args.log_every :]):.2f} s/step, {spent:.0f} s; budget {budget}",
                 flush=True,  # progress shows in a redirected log while the arm trains
             )
-        if state_path is not None and every > 0 and spent - last_saved >= every and spent < seconds:
+        if (
+            state_path is not None
+            and every > 0
+            and spent - last_saved >= every
+            and not budget.spent(step, spent)
+        ):
             save_state(state_path, state_now(finished=False))
             last_saved, segment_start = spent, time.monotonic()  # writing is not training time
-    ema.copy_to(model.parameters())  # evaluate the EMA weights, as lumiere exports them
+    trainer.ema.copy_to(model.parameters())  # evaluate the EMA weights, as lumiere exports them
     model.eval()
     stage.log = {
         "steps": step,
@@ -341,10 +403,114 @@ def train_stage(
             float(np.median(part)) for part in np.array_split(step_seconds, 10) if len(part)
         ],
         "params": peers.parameter_count(model),
-        "trainable_params": sum(p.numel() for p in params),
+        "trainable_params": sum(p.numel() for p in trainer.params),
     }
     if state_path is not None:
         save_state(state_path, state_now(finished=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Equal wall-clock from step times measured side by side (--budget calibrated).
+# ---------------------------------------------------------------------------------------------
+
+
+def calibrate(args, objective, image_model, data: MovingShapes, encoder) -> dict[str, float]:
+    """Median seconds per training step of every stage of every arm, measured side by side now.
+
+    Each stage takes ``--calibration-warmup`` untimed steps, then the stages take turns, a few
+    steps at a time over three rounds, so a host that speeds up or slows down while this runs
+    moves every stage's figure alike. Returns ``{stage name: s/step}``.
+    """
+    stages = [stage for arm in ARMS for stage in build_arm(arm, args, objective, image_model)]
+    trainers = [StageTrainer(stage, data, encoder, args) for stage in stages]
+    for trainer in trainers:
+        for i in range(args.calibration_warmup):
+            trainer.step(i)
+    rounds = 3
+    per_round = max(1, -(-args.calibration_steps // rounds))  # ceil
+    times: dict[str, list[float]] = {stage.name: [] for stage in stages}
+    for r in range(rounds):
+        for trainer in trainers:
+            for i in range(per_round):
+                start = time.monotonic()
+                trainer.step(args.calibration_warmup + r * per_round + i)
+                times[trainer.stage.name].append(time.monotonic() - start)
+            print(
+                f"  calibration round {r + 1}/{rounds}: {trainer.stage.name} "
+                f"{np.median(times[trainer.stage.name]):.2f} s/step",
+                flush=True,
+            )
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def step_budgets(
+    seconds_per_step: dict[str, float],
+    shares: dict[str, dict[str, float]],
+    done_steps: dict[str, dict[str, int]],
+    minutes: float,
+    reference: str = "stunet",
+) -> tuple[dict[str, int], float, str]:
+    """Steps per stage that give every arm the same training wall-clock on one machine.
+
+    ``seconds_per_step``: each stage's s/step measured side by side (``calibrate``); ``shares``:
+    ``{arm: {stage: share of the arm's budget}}``; ``done_steps``: the steps of arms already
+    trained, ``{arm: {stage: steps}}``. The budget is ``minutes``, or, when the ``reference`` arm
+    is done (trained earlier, perhaps on a host of another speed), the time its steps take at the
+    measured speed: the other arms then get what that arm got, measured on one machine at one
+    time. A done arm keeps its steps. Returns ``(budgets {stage: steps}, seconds, how)``.
+    """
+    if reference in done_steps:
+        seconds = sum(steps * seconds_per_step[stage] for stage, steps in done_steps[reference].items())
+        how = (
+            f"the time the {reference} arm's {' + '.join(map(str, done_steps[reference].values()))} steps "
+            "take at the measured speed"
+        )
+    else:
+        seconds, how = minutes * 60, f"{minutes:g} min"
+    budgets: dict[str, int] = {}
+    for arm, arm_shares in shares.items():
+        for stage, share in arm_shares.items():
+            if arm in done_steps:
+                budgets[stage] = done_steps[arm][stage]
+            else:
+                budgets[stage] = max(1, round(share * seconds / seconds_per_step[stage]))
+    return budgets, seconds, how
+
+
+def calibrated_budgets(args, out: Path, results, objective, image_model, data, encoder) -> dict[str, int]:
+    """The step budgets of ``OUT/calibration.json``; measured and written there first if absent,
+    so every later call into the same ``--out`` (another session, another host) trains the same
+    steps."""
+    path = out / "calibration.json"
+    if path.exists():
+        calibration = json.loads(path.read_text())
+        print(
+            f"== step budgets from {path} (measured {calibration['measured_at']}): {calibration['budgets']}"
+        )
+        return calibration["budgets"]
+    print(
+        f"== calibration: {args.calibration_steps} timed steps per stage of every arm, side by side "
+        f"({args.threads} threads)",
+        flush=True,
+    )
+    seconds_per_step = calibrate(args, objective, image_model, data, encoder)
+    done = {
+        arm: {stage: log["steps"] for stage, log in r["stages"].items()} for arm, r in results["arms"].items()
+    }
+    shares = {arm: stage_shares(arm, args) for arm in ARMS}
+    budgets, seconds, how = step_budgets(seconds_per_step, shares, done, args.minutes)
+    calibration = {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": f"{harness.cpu_name()}, {os.cpu_count()} logical CPUs",
+        "threads": args.threads,
+        "seconds_per_step": seconds_per_step,
+        "budget_seconds": seconds,
+        "budget_from": how,
+        "budgets": budgets,
+    }
+    path.write_text(json.dumps(calibration, indent=2))
+    print(f"== budget: {seconds:.0f} s per arm ({how}); steps per stage: {budgets}")
+    return budgets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,37 +531,61 @@ def eval_prompts(args) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def sample_arm(stages: list[Stage], prompts: list[str], encoder, objective, args) -> list[torch.Tensor]:
-    """One clip ``[3, f, h, w]`` in [-1, 1] per prompt; seeds depend on the prompt index only."""
+def sample_arm(
+    stages: list[Stage], prompts: list[str], encoder, objective, args, cache: Path | None = None
+) -> tuple[list[torch.Tensor], float]:
+    """One clip ``[3, f, h, w]`` in [-1, 1] per prompt, and the sampling seconds per clip; seeds
+    depend on the prompt index only.
+
+    With ``cache``, each batch of clips is written there (atomically) as it is made and read back
+    on a later call, so an evaluation stopped part-way resumes at its next batch.
+    """
     clips: list[torch.Tensor] = []
-    common = dict(num_steps=args.eval_steps, guidance_scale=args.guidance)
+    seconds = 0.0
     for first in range(0, len(prompts), args.eval_batch):
         batch = prompts[first : first + args.eval_batch]
-        n = len(batch)
-        text = encoder.encode(batch).states
-        null_text = encoder.encode([NULL_PROMPT] * n).states
-        seed = args.seed * 100_003 + first
-        shape = (n, 3, args.frames, args.resolution, args.resolution)
-        if len(stages) == 1:
-            out = guided_sample(stages[0].model, shape, text, null_text, seed=seed, **common)
+        path = None if cache is None else cache / f"samples_{first:05d}.pt"
+        if path is not None and path.exists():
+            done = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            base, tsr = stages[0].model, stages[1].model
-            key_shape = (n, 3, args.frames // args.stride, args.resolution, args.resolution)
-            keyframes = guided_sample(base, key_shape, text, null_text, seed=seed, **common).clamp(-1, 1)
-            level = torch.full((n,), args.tsr_sample_level)
-            noise = torch.randn(keyframes.shape, generator=torch.Generator().manual_seed(seed))
-            conditioning = tsr.condition(objective.add_noise(keyframes, noise, level))
-            out = guided_sample(
-                tsr,
-                shape,
-                text,
-                null_text,
-                seed=seed + 1,
-                model_kwargs={"conditioning": conditioning, "noise_level": level},
-                **common,
-            )
-        clips.extend(out.clamp(-1, 1))
-    return clips
+            start = time.perf_counter()
+            done = {"clips": sample_batch(stages, batch, first, encoder, objective, args)}
+            done["seconds"] = time.perf_counter() - start
+            if path is not None:
+                save_state(path, done)
+        clips.extend(done["clips"])
+        seconds += done["seconds"]
+        print(f"  sampled {len(clips)}/{len(prompts)} clips, {seconds / len(clips):.1f} s/clip", flush=True)
+    return clips, seconds / len(clips)
+
+
+def sample_batch(stages: list[Stage], batch: list[str], first: int, encoder, objective, args) -> torch.Tensor:
+    """Clips ``[n, 3, f, h, w]`` in [-1, 1] for the prompts ``batch``, the ``first``-th onwards."""
+    common = dict(num_steps=args.eval_steps, guidance_scale=args.guidance)
+    n = len(batch)
+    text = encoder.encode(batch).states
+    null_text = encoder.encode([NULL_PROMPT] * n).states
+    seed = args.seed * 100_003 + first
+    shape = (n, 3, args.frames, args.resolution, args.resolution)
+    if len(stages) == 1:
+        out = guided_sample(stages[0].model, shape, text, null_text, seed=seed, **common)
+    else:
+        base, tsr = stages[0].model, stages[1].model
+        key_shape = (n, 3, args.frames // args.stride, args.resolution, args.resolution)
+        keyframes = guided_sample(base, key_shape, text, null_text, seed=seed, **common).clamp(-1, 1)
+        level = torch.full((n,), args.tsr_sample_level)
+        noise = torch.randn(keyframes.shape, generator=torch.Generator().manual_seed(seed))
+        conditioning = tsr.condition(objective.add_noise(keyframes, noise, level))
+        out = guided_sample(
+            tsr,
+            shape,
+            text,
+            null_text,
+            seed=seed + 1,
+            model_kwargs={"conditioning": conditioning, "noise_level": level},
+            **common,
+        )
+    return out.clamp(-1, 1)
 
 
 def score_clips(clips, general: list[str], bouncing: list[str], args) -> dict[str, Any]:
@@ -446,6 +636,21 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from: {', '.join(ARMS)}")
     parser.add_argument("--minutes", type=float, default=60.0, help="training wall-clock per arm")
+    parser.add_argument(
+        "--budget",
+        choices=("calibrated", "wallclock"),
+        default="calibrated",
+        help="calibrated (default): every arm trains the steps that fill --minutes at step times measured "
+        "side by side in one run (OUT/calibration.json, reused by later runs), so a host that runs "
+        "slower in one session than in another costs no arm steps; wallclock: each arm trains until "
+        "--minutes of its own training time are spent",
+    )
+    parser.add_argument(
+        "--calibration-steps", type=int, default=9, help="timed steps per stage when calibrating"
+    )
+    parser.add_argument(
+        "--calibration-warmup", type=int, default=2, help="untimed steps per stage before them"
+    )
     parser.add_argument("--preset", default="default", help="image U-Net preset of every model")
     parser.add_argument(
         "--init-from", default=None, help="image model (stage t2i output) every arm starts from"
@@ -511,6 +716,11 @@ def parse_args() -> argparse.Namespace:
         parser.error("--freeze-spatial needs --init-from (from scratch there is nothing to freeze)")
     if not 0 < args.tsr_share < 1:
         parser.error("--tsr-share must be in (0, 1)")
+    if args.calibration_steps < 1 or args.calibration_warmup < 0:
+        parser.error(
+            f"--calibration-steps must be >= 1 and --calibration-warmup >= 0, got "
+            f"{args.calibration_steps} and {args.calibration_warmup}"
+        )
     if args.checkpoint_minutes < 0:
         parser.error(f"--checkpoint-minutes must be >= 0, got {args.checkpoint_minutes}")
     return args
@@ -531,13 +741,25 @@ def main() -> None:
     image_model = load_image_model(args.init_from)
     data = MovingShapes(length=2**31 - 1, num_frames=args.frames, resolution=args.resolution, seed=args.seed)
     general, bouncing = eval_prompts(args)
+    to_train = [arm for arm in arms if arm not in results["arms"]]
+    budgets = (
+        calibrated_budgets(args, out, results, objective, image_model, data, encoder)
+        if args.budget == "calibrated" and to_train
+        else {}
+    )
 
     for arm in arms:
         if arm in results["arms"]:
             print(f"== {arm}: kept from {out / 'results.json'}")
             continue
-        print(f"== {arm}: training for {args.minutes:g} min")
         stages = build_arm(arm, args, objective, image_model)
+        stage_budgets = {
+            stage.name: Budget(steps=budgets[stage.name])
+            if budgets
+            else Budget(seconds=args.minutes * 60 * stage.share)
+            for stage in stages
+        }
+        print(f"== {arm}: training for {' + '.join(str(b) for b in stage_budgets.values())}")
         multiple = stages[-1].model.frame_multiple
         if args.frames % multiple:
             raise SystemExit(f"{arm}: --frames {args.frames} must be a multiple of {multiple}")
@@ -548,15 +770,15 @@ def main() -> None:
         for stage in stages:
             train_stage(
                 stage,
-                args.minutes * 60 * stage.share,
+                stage_budgets[stage.name],
                 data,
                 encoder,
                 args,
                 states / f"{stage.name.replace('/', '-')}.pt",
             )
-        start = time.perf_counter()
-        clips = sample_arm(stages, general + bouncing, encoder, objective, args)
-        seconds_per_clip = (time.perf_counter() - start) / len(clips)
+        clips, seconds_per_clip = sample_arm(
+            stages, general + bouncing, encoder, objective, args, cache=states / "samples"
+        )
         scores = score_clips(clips, general, bouncing, args)
         write_grid(clips, out / f"{arm}.mp4")
         results["arms"][arm] = {
@@ -571,14 +793,31 @@ def main() -> None:
 
 
 # Settings that do not change what an arm learns or how it is scored (may differ between runs
-# merged by --keep-done). --threads is not one of them: under a wall-clock budget it sets how many
-# steps an arm gets, so arms merged into one table must have had the same number of cores.
-RUN_ONLY_SETTINGS = ("arms", "out", "log_every", "keep_done", "checkpoint_minutes")
+# merged by --keep-done). --threads is not one of them: it sets how many steps a budget buys, so
+# arms merged into one table must have had the same number of cores. The calibration settings are
+# run-only because the budgets they give are written once, to OUT/calibration.json, and reused.
+RUN_ONLY_SETTINGS = (
+    "arms",
+    "out",
+    "log_every",
+    "keep_done",
+    "checkpoint_minutes",
+    "calibration_steps",
+    "calibration_warmup",
+)
+# Where a stage stops, not what each step does: a training state made under one budget resumes
+# under another (a step is a function of its index alone).
+STOP_SETTINGS = ("budget", "minutes")
+# Results made before --budget existed were trained against the wall-clock.
+DEFAULTS_BEFORE = {"budget": "wallclock"}
 
 
-def protocol_differences(before: dict[str, Any], now: dict[str, Any]) -> str:
-    """The settings (other than RUN_ONLY_SETTINGS) that differ, as "k: a then, b now", or ""."""
-    differ = sorted(k for k in now if k not in RUN_ONLY_SETTINGS and before.get(k) != now[k])
+def protocol_differences(before: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+    """The settings (other than RUN_ONLY_SETTINGS and ``ignore``) that differ, as "k: a then, b
+    now", or ""."""
+    before = {**DEFAULTS_BEFORE, **before}
+    skip = RUN_ONLY_SETTINGS + ignore
+    differ = sorted(k for k in now if k not in skip and before.get(k) != now[k])
     return ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in differ)
 
 
@@ -586,7 +825,7 @@ def check_state_settings(path: Path, args: argparse.Namespace) -> None:
     """Record the settings of an arm's training states in ``path``, or refuse (SystemExit) to
     resume states made with other ones."""
     if path.exists():
-        differ = protocol_differences(json.loads(path.read_text()), vars(args))
+        differ = protocol_differences(json.loads(path.read_text()), vars(args), ignore=STOP_SETTINGS)
         if differ:
             raise SystemExit(
                 f"--keep-done: the states in {path.parent} were made with other settings ({differ}); "
@@ -605,7 +844,11 @@ def load_done(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     if not path.exists():
         return fresh
     done = json.loads(path.read_text())
-    differ = protocol_differences(done.get("args", {}), vars(args))
+    before = {**DEFAULTS_BEFORE, **done.get("args", {})}
+    # Arms trained against the wall-clock may join a calibrated run: they keep their steps, and the
+    # reference arm's steps set the others' budget (step_budgets). The reverse would mix protocols.
+    ignore = ("budget",) if (before["budget"], args.budget) == ("wallclock", "calibrated") else ()
+    differ = protocol_differences(before, vars(args), ignore=ignore)
     if differ:
         raise SystemExit(f"--keep-done: {path} was made with other settings ({differ}); use another --out")
     return {"args": vars(args), "arms": done.get("arms", {})}
@@ -613,7 +856,7 @@ def load_done(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def print_results(results: dict[str, Any], args) -> None:
     print(
-        f"\n{args.minutes:g} min of training per arm; {args.frames} frames x {args.resolution}x{args.resolution}; "
+        f"\n{args.minutes:g} min of training per arm ({args.budget}); {args.frames} frames x {args.resolution}x{args.resolution}; "
         f"{args.eval_count} grammar prompts + {args.bouncing_count} bouncing prompts; "
         f"{args.eval_steps} DPM-Solver++ steps, guidance {args.guidance}"
     )

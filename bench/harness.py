@@ -257,15 +257,19 @@ def parse_size(text: str) -> tuple[int, int, int]:
     return frames, height, width
 
 
-def describe_machine(args: argparse.Namespace) -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(args: argparse.Namespace) -> str:
+    cpu = cpu_name()
     device = args.device
     if device.startswith("cuda") and torch.cuda.is_available():
         device = f"{device} ({torch.cuda.get_device_name(device)})"
