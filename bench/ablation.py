@@ -484,6 +484,12 @@ def calibrated_budgets(args, out: Path, results, objective, image_model, data, e
     path = out / "calibration.json"
     if path.exists():
         calibration = json.loads(path.read_text())
+        differ = protocol_differences(calibration["args"], vars(args))
+        if differ:
+            raise SystemExit(
+                f"{path} holds step budgets for other settings ({differ}); use another --out, or delete "
+                "it to calibrate again"
+            )
         print(
             f"== step budgets from {path} (measured {calibration['measured_at']}): {calibration['budgets']}"
         )
@@ -500,6 +506,7 @@ def calibrated_budgets(args, out: Path, results, objective, image_model, data, e
     shares = {arm: stage_shares(arm, args) for arm in ARMS}
     budgets, seconds, how = step_budgets(seconds_per_step, shares, done, args.minutes)
     calibration = {
+        "args": vars(args),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": f"{harness.cpu_name()}, {os.cpu_count()} logical CPUs",
         "threads": args.threads,

@@ -124,3 +124,13 @@ def test_an_evaluation_stopped_part_way_resumes_with_the_same_clips(ablation, tm
     for a, b in zip(first[2:], again[2:], strict=True):
         assert torch.equal(a, b)  # sampled again, identically: seeds depend on the prompt index
     assert not torch.equal(first[0], first[2])
+
+
+def test_budgets_calibrated_for_other_settings_are_refused(ablation, tmp_path):
+    calibration = {"args": vars(settings(minutes=60.0)), "measured_at": "then", "budgets": {"stunet": 5}}
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration))
+    results = {"args": {}, "arms": {}}
+    kept = ablation.calibrated_budgets(settings(arms="cascade"), tmp_path, results, None, None, None, None)
+    assert kept == {"stunet": 5}  # another arm, same protocol: the same budgets
+    with pytest.raises(SystemExit, match="minutes"):
+        ablation.calibrated_budgets(settings(minutes=30.0), tmp_path, results, None, None, None, None)
