@@ -69,16 +69,17 @@ import harness
 import peers
 from loops import guided_sample
 from lumiere.data.shapes import MovingShapes, parse_caption, random_caption
+from lumiere.data.stream import step_generator
 from lumiere.diffusion import DiffusionObjective, drop_captions
 from lumiere.eval.evaluate import draw_prompts, frechet_distance, probe_features, real_clips_for
 from lumiere.eval.probe import ATTRIBUTES, probe_clip, score
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, load_text_encoder
-from lumiere.train import resolve_model_dir, step_generator
+from lumiere.stages import resolve_model_dir
 
 ARMS = ("stunet", "cascade", "unet3d")
-CONDITION_CHANNELS = 4  # C (3: keyframes held to the next one) + M (1: 1 on keyframes)
+TSR_CONDITION_CHANNELS = 4  # C (3: keyframes held to the next one) + M (1: 1 on keyframes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class KeyframeTSR(nn.Module):
         super().__init__()
         if stunet.temporal_factor != 1:
             raise ValueError("the TSR must keep every frame: build its STUNet with temporal_resizing=False")
-        stunet.widen_input(CONDITION_CHANNELS)  # zero weights: starts as the unconditional model
+        stunet.widen_input(TSR_CONDITION_CHANNELS)  # zero weights: starts as the unconditional model
         self.net = stunet
         self.stride = stride
 
@@ -140,12 +141,14 @@ def diffusion_loss(
     min_snr_gamma: float | None,
     **model_kwargs: torch.Tensor,
 ) -> torch.Tensor:
-    """lumiere.train's loss: v-prediction on the cosine schedule, min-SNR weights when a gamma is given."""
-    timesteps = objective.sample_timesteps(x0.shape[0], generator=generator)  # [b]
-    noise = torch.randn(x0.shape, generator=generator)
-    noisy = objective.add_noise(x0, noise, timesteps)
-    prediction = model(noisy, timesteps, text, **model_kwargs)
-    return objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=min_snr_gamma)
+    """lumiere.train's loss, the one training step (``DiffusionObjective.training_loss``): v-prediction
+    on the cosine schedule, min-SNR weights when a gamma is given; ``model`` is any arm's network."""
+    return objective.training_loss(
+        lambda noisy, timesteps, _: model(noisy, timesteps, text, **model_kwargs),
+        x0,
+        generator=generator,
+        min_snr_gamma=min_snr_gamma,
+    )
 
 
 def tsr_loss(
@@ -680,7 +683,7 @@ def parse_args() -> argparse.Namespace:
         "--tsr-sample-level", type=int, default=50, help="keyframe-noise timestep when sampling"
     )
     parser.add_argument(
-        "--batch", type=int, default=8, help="clips per step (as configs/stunet_default.yaml)"
+        "--batch", type=int, default=8, help="clips per step (as configs/recipe/02_stunet.yaml)"
     )
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup-steps", type=int, default=200)

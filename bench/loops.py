@@ -16,7 +16,7 @@ import torch
 from lumiere.diffusion import DiffusionObjective
 from lumiere.pipelines.lumiere import make_sampling_scheduler
 
-MIN_SNR_GAMMA = 5.0  # as configs/*.yaml train
+MIN_SNR_GAMMA = 5.0  # as configs/recipe/*.yaml train
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -41,13 +41,12 @@ def make_training_step(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)  # as lumiere.train builds it
 
-    def step() -> torch.Tensor:
-        timesteps = objective.sample_timesteps(clip_shape[0], generator=generator, device=device)  # [b]
-        noise = torch.randn(clip_shape, generator=generator, device=device)
-        noisy = objective.add_noise(x0, noise, timesteps)
+    def forward(noisy: torch.Tensor, timesteps: torch.Tensor, _) -> torch.Tensor:
         with autocast(device, dtype):
-            prediction = model(noisy, timesteps, text)
-        loss = objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=MIN_SNR_GAMMA)
+            return model(noisy, timesteps, text)
+
+    def step() -> torch.Tensor:
+        loss = objective.training_loss(forward, x0, generator=generator, min_snr_gamma=MIN_SNR_GAMMA)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -58,13 +57,13 @@ def make_training_step(
 
 def forward_backward(model: torch.nn.Module, clip_shape, device, dtype=torch.float32, text=None) -> None:
     """The network part of a training step (what a FLOP counter sees; AdamW is elementwise)."""
-    objective = DiffusionObjective()
     x0 = torch.rand(clip_shape, device=device) * 2 - 1
-    timesteps = objective.sample_timesteps(clip_shape[0], device=device)
-    noise = torch.randn(clip_shape, device=device)
-    with autocast(device, dtype):
-        prediction = model(objective.add_noise(x0, noise, timesteps), timesteps, text)
-    objective.loss(prediction, x0, noise, timesteps, min_snr_gamma=MIN_SNR_GAMMA).backward()
+
+    def forward(noisy: torch.Tensor, timesteps: torch.Tensor, _) -> torch.Tensor:
+        with autocast(device, dtype):
+            return model(noisy, timesteps, text)
+
+    DiffusionObjective().training_loss(forward, x0, min_snr_gamma=MIN_SNR_GAMMA).backward()
     model.zero_grad(set_to_none=True)
 
 

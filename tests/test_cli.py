@@ -85,6 +85,29 @@ def test_generate_missing_model_exits_1(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_library_value_errors_are_one_line_and_exit_2(tiny_model, tmp_path, capsys):
+    """A value the library refuses reaches the user at one boundary: one line, exit 2, no traceback."""
+    import numpy as np
+
+    from lumiere.data.video_io import write_video
+
+    clip = write_video(tmp_path / "in.mp4", np.zeros((4, 16, 16, 3), dtype=np.uint8))
+    mask = tmp_path / "mask.npy"
+    np.save(mask, np.ones((5, 5), dtype=np.float32))
+    out = tmp_path / "a.mp4"
+    base = ["generate", "a red circle", "--model", str(tiny_model), "-o", str(out), "--steps", "1"]
+    for extra, message in (
+        (["--video", str(clip), "--frames", "8"], "num_frames=8 but the video has 4 frames"),
+        (["--video", str(clip), "--mask", str(mask)], "mask has shape (5, 5), which does not fit the clip"),
+    ):
+        assert exit_code([*base, *extra]) == 2
+        err = capsys.readouterr().err  # diffusers' loading bar may come first (\r-separated)
+        errors = [line for line in err.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and errors[0].startswith("lumiere generate: error: ") and message in errors[0]
+        assert "Traceback" not in err and "usage:" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv", [[], ["generate"], ["train"], ["data"], ["data", "shapes"]])
 def test_incomplete_commands_exit_2(argv):
     assert exit_code(argv) == 2

@@ -12,14 +12,12 @@ from lumiere.data.shapes import MovingShapes
 from lumiere.data.styles import StyledDataset, complement_colours
 from lumiere.models.blend import blend_weights, load_style
 from lumiere.models.conditional import (
-    CONDITION_CHANNELS,
+    MASK_CONDITION_CHANNELS,
     build_conditional_stunet,
     empty_condition,
     is_conditional_stunet,
     make_mask_condition,
     motion_region,
-    sample_tasks,
-    training_condition,
 )
 from lumiere.models.inflate import extract_image_model, stunet_key
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
@@ -27,6 +25,7 @@ from lumiere.models.ssr import ssr_model_input
 from lumiere.models.stunet import STUNet
 from lumiere.pipelines import LumierePipeline
 from lumiere.pipelines.inputs import load_image, load_mask, load_video
+from lumiere.stages.conditional import sample_tasks, training_condition
 
 PROMPT = "a red circle moving right on a black background"
 SIZE = dict(height=16, width=16, num_inference_steps=2)
@@ -86,7 +85,7 @@ def test_widened_model_starts_as_the_base_model():
     base = randomise(tiny_stunet(), 2)
     conditional = build_conditional_stunet(randomise(tiny_stunet(), 2))
     assert is_conditional_stunet(conditional) and not is_conditional_stunet(base)
-    assert conditional.in_channels == 3 + CONDITION_CHANNELS
+    assert conditional.in_channels == 3 + MASK_CONDITION_CHANNELS
     noisy = torch.randn(1, 3, 4, 16, 16, generator=seeded(0))
     text = torch.randn(1, 5, 384, generator=seeded(1))
     clip = torch.randn(1, 3, 4, 16, 16, generator=seeded(2))

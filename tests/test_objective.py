@@ -136,10 +136,10 @@ def test_min_snr_v_loss_is_min_snr_x0_loss(shape):
     timesteps = torch.tensor([50, 400, 900])
     x_t = objective.add_noise(x0, noise, timesteps)
     output = objective.target(x0, noise, timesteps) + 0.3 * torch.randn(shape)
-    per_sample = objective.loss_per_sample(output, x0, noise, timesteps, min_snr_gamma=gamma)
+    per_sample = objective.loss(output, x0, noise, timesteps, min_snr_gamma=gamma, reduction="none")
     x0_error = (objective.predict_x0(output, x_t, timesteps) - x0).square().flatten(1).mean(1)
     assert_close(per_sample, objective.snr(timesteps).clamp(max=gamma) * x0_error, rtol=1e-4, atol=1e-6)
-    unweighted = objective.loss_per_sample(output, x0, noise, timesteps)
+    unweighted = objective.loss(output, x0, noise, timesteps, reduction="none")
     assert_close(per_sample, unweighted * objective.min_snr_weights(timesteps, gamma))
 
 
@@ -196,6 +196,34 @@ def test_training_loss_with_an_oracle_model(shape):
     first = objective.training_loss(constant, x0, None, torch.Generator().manual_seed(2), min_snr_gamma=5.0)
     again = objective.training_loss(constant, x0, None, torch.Generator().manual_seed(2), min_snr_gamma=5.0)
     assert first.item() > 0 and first.item() == again.item()
+
+
+def test_training_loss_draws_timesteps_then_noise_then_the_condition():
+    """The one training step's draw order, which exact resume relies on, spelled out by hand."""
+    objective, gamma = _objective(), 5.0
+    x0, _ = _data((3, 3, 4, 8, 8))
+    manual = torch.Generator().manual_seed(7)
+    timesteps = objective.sample_timesteps(3, manual, bias_portion=0.5, bias_begin=600)
+    noise = torch.randn(x0.shape, generator=manual)
+    cond = torch.rand(3, generator=manual)
+    x_t = objective.add_noise(x0, noise, timesteps)
+    expected = objective.loss(
+        x_t * cond[:, None, None, None, None], x0, noise, timesteps, min_snr_gamma=gamma
+    )
+
+    def model_fn(x_t, timesteps, cond):
+        return x_t * cond[:, None, None, None, None]
+
+    loss = objective.training_loss(
+        model_fn,
+        x0,
+        generator=torch.Generator().manual_seed(7),
+        min_snr_gamma=gamma,
+        bias_portion=0.5,
+        bias_begin=600,
+        draw_cond=lambda generator: torch.rand(3, generator=generator),
+    )
+    assert loss.item() == expected.item()
 
 
 def test_training_loss_rejects_non_tensor_outputs():

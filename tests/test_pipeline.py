@@ -262,3 +262,29 @@ def test_from_pretrained_missing(tmp_path):
         pytest.skip("the default model is shipped")
     with pytest.raises(FileNotFoundError, match="not shipped yet.*pass the path"):
         LumierePipeline.from_pretrained()
+
+
+def test_ssr_options_object_and_flat_keywords_give_the_same_clip():
+    """``ssr_options=SSROptions(...)`` and the flat ``ssr_*`` keywords are one setting (issue 28)."""
+    from lumiere.models.ssr import build_ssr_stunet
+    from lumiere.pipelines import SSROptions
+
+    torch.manual_seed(0)
+    ssr = build_ssr_stunet(build_unet2d("tiny"), **STUNET_PRESETS["tiny"]).eval()
+    with torch.no_grad():  # weight on the low-res clip, so the SSR settings show in the output
+        ssr.conv_in.weight[:, 3:].normal_(0, 0.1, generator=seeded(1))
+    pipe = LumierePipeline.from_stunet(tiny_stunet(), ssr=ssr)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(num_frames=4, num_inference_steps=2, output_type="pt")
+    options = SSROptions(window=2, overlap=1, steps=1, noise_level=50)
+    grouped = pipe("a red circle", ssr_options=options, generator=seeded(0), **call).frames
+    flat = pipe("a red circle", ssr_window=2, ssr_overlap=1, ssr_steps=1, ssr_noise_level=50,
+                generator=seeded(0), **call).frames  # fmt: skip
+    default = pipe("a red circle", generator=seeded(0), **call).frames
+    assert grouped.shape == (1, 4, 32, 32, 3)
+    torch.testing.assert_close(grouped, flat, rtol=0, atol=0)
+    assert (grouped - default).abs().max() > 1e-3  # the options change the clip
+    with pytest.raises(TypeError, match="ssr_windw"):
+        pipe("a red circle", ssr_windw=2, **call)
+    with pytest.raises(ValueError, match="ssr_steps=0"):
+        pipe("a red circle", ssr_options=SSROptions(steps=0), **call)

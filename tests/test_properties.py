@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lumiere.data.shapes import MovingShapes
-from lumiere.models.conditional import training_condition
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.stunet import STUNet
 from lumiere.pipelines.inputs import load_mask, load_video
+from lumiere.stages.conditional import training_condition
 
 _STUNET = STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS["tiny"]).eval()
 

@@ -22,11 +22,11 @@ from lumiere.models.ssr import (
     make_condition,
     residual_over_bilinear,
     ssr_model_input,
-    training_condition,
     upsample_video,
 )
 from lumiere.models.stunet import STUNet
-from lumiere.pipelines import LumierePipeline, LumierePipelineOutput
+from lumiere.pipelines import LumierePipeline, LumierePipelineOutput, SSROptions
+from lumiere.stages.ssr import training_condition
 from lumiere.train import train
 
 PROMPT = "a red circle moving left on a black background"
@@ -229,7 +229,7 @@ def test_residual_ssr_adds_the_bilinear_upsample_back(pipe):
     residual.set_progress_bar_config(disable=True)
     low = torch.from_numpy(low_res_clip(num_frames=4)).permute(0, 4, 1, 2, 3) * 2 - 1  # [b, 3, f, h, w]
     cond, _ = pipe.encode_prompt([PROMPT], None, 1, False, pipe.device)
-    call = dict(guidance_scale=1.0, num_inference_steps=2, noise_level=20, windows=None, chunk_size=1)
+    call = dict(options=SSROptions(guidance_scale=1.0, steps=2, noise_level=20), windows=None)
     plain = pipe.super_resolve(low, cond, None, generator=seeded(3), **call)
     detail = residual.super_resolve(low, cond, None, generator=seeded(3), **call)
     torch.testing.assert_close(detail, plain + upsample_video(low, (32, 32)), rtol=0, atol=1e-6)

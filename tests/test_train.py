@@ -11,9 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from lumiere.config import config_from_dict, load_config
+from lumiere.data.stream import StepSampler
 from lumiere.diffusion import DiffusionObjective
 from lumiere.models.text import load_text_encoder
-from lumiere.train import StepSampler, build_dataset, model_input, train
+from lumiere.stages import get_stage
+from lumiere.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,12 +76,11 @@ def test_tiny_stunet_overfits_one_clip(tmp_path):
             "log_every": 50,
         },
     )
-    dataset, _ = build_dataset(config)
+    stage = get_stage(config.stage)(config)
+    dataset, _ = stage.build_dataset()
     item = dataset[0]
-    clip = model_input(config, item["video"][None])
-    from lumiere.train import build_model
-
-    before = fixed_eval_loss(build_model(config).eval(), clip, [item["caption"]])
+    clip = stage.clean_sample(item["video"][None])
+    before = fixed_eval_loss(stage.build_model().eval(), clip, [item["caption"]])
     result = train(config)
     after = fixed_eval_loss(result.model.eval(), clip, [item["caption"]])
     assert after * 5 <= before, (before, after)
@@ -91,7 +92,7 @@ def test_motion_mix_reaches_the_training_data(tmp_path):
         stage="stunet",
         **{"model.init_from": str(tmp_path), "data.motion_mix": [0, 0, 1, 1, 0, 0, 0]},
     )
-    dataset, _ = build_dataset(config)
+    dataset, _ = get_stage(config.stage)(config).build_dataset()
     assert {dataset[i]["attributes"]["motion"] for i in range(20)} == {"moving up", "moving down"}
 
 
@@ -167,7 +168,7 @@ def test_config_errors_name_the_key(tmp_path):
         config_from_dict({"stage": "stunet"})
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")))
 def test_shipped_configs_validate(name):
     config = load_config(REPO / "configs" / name)
     assert config.optim.max_steps >= 1

@@ -4,13 +4,14 @@ from lumiere.models.blend import blend_weights, load_style
 from lumiere.models.presets import build_unet2d, preset_names
 from lumiere.models.stunet import STUNet, STUNetOutput
 from lumiere.models.text import TextEncoder, load_text_encoder
-from lumiere.pipelines import LumierePipeline, LumierePipelineOutput
+from lumiere.pipelines import LumierePipeline, LumierePipelineOutput, SSROptions
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LumierePipeline",
     "LumierePipelineOutput",
+    "SSROptions",
     "STUNet",
     "STUNetOutput",
     "TextEncoder",

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,25 @@ def save_checkpoint(
     return final
 
 
+def replace_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill ``out_dir`` by ``write(staging)`` atomically: ``write`` fills a sibling staging folder,
+    which then takes ``out_dir``'s place by renames, so a kill never leaves a half-written mix at
+    ``out_dir`` (between the two renames the previous content sits at ``.NAME.previous``).
+    Used for exported models (``lumiere.stages``)."""
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    previous = out_dir.with_name(f".{out_dir.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return out_dir
+
+
 def _renamed(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
@@ -206,15 +226,20 @@ def verify_checkpoint(path: str | Path) -> None:
     _verify_sums(path, MANIFEST, "checkpoint file")
 
 
+def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` naming the file if it is not valid JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as reason:
+        raise error(f"{path} is corrupted (not valid JSON: {reason})") from reason
+    if not isinstance(data, dict):
+        raise error(f"{path} is corrupted: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _verify_sums(directory: Path, sums_name: str, what: str) -> None:
     """Check every file listed in ``directory / sums_name`` against its sha256."""
-    sums_path = directory / sums_name
-    try:
-        sums = json.loads(sums_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{sums_path} is corrupted: {error}") from error
-    if not isinstance(sums, dict):
-        raise CheckpointError(f"{sums_path} is corrupted: expected a mapping of file names to sha256")
+    sums = read_json_object(directory / sums_name, error=CheckpointError)  # {file name: sha256}
     for name, expected in sums.items():
         file = directory / name
         if not file.is_file():

@@ -6,8 +6,10 @@
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
     lumiere serve [--host H] [--port N] [--model P] a web page for generation (the web extra)
 
-Out-of-range options are argparse errors (exit code 2) naming the option; failures of the work
-itself (a missing model, say) exit with code 1.
+Out-of-range options are argparse errors (exit code 2) naming the option. Values the library
+refuses (a ``ValueError`` or ``FileNotFoundError``: a mask that does not fit, a video too short)
+are reported at one boundary, ``main``: one line on stderr, exit code 2, no traceback (``--log-level
+DEBUG`` logs it). Failures of the work itself (a missing model, too little memory) exit with code 1.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+# The library's own constants: `import lumiere.cli` imports the package (and torch) anyway.
+from lumiere.data.video_io import VIDEO_EXTENSIONS
+from lumiere.pipelines import SAMPLERS, SSROptions
 
 logger = logging.getLogger("lumiere")
 # What loading a saved model can raise (lumiere.checkpoint.CheckpointError is a RuntimeError):
 # reported as a failure of the work (exit code 1) with the message naming the file or key.
 _MODEL_LOAD_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
-
-VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm")  # lumiere.data.video_io.VIDEO_EXTENSIONS
-SCHEDULER_CHOICES = ("dpm++", "ddim", "euler")  # lumiere.pipelines.SAMPLERS (imported lazily)
-SSR_WINDOW = 8  # lumiere.pipelines.lumiere.SSR_WINDOW
-SSR_OVERLAP = 2  # lumiere.pipelines.multidiffusion.DEFAULT_OVERLAP
-SSR_NOISE_LEVEL = 20  # lumiere.models.ssr.SAMPLING_NOISE_LEVEL
+# Values the library refuses: reported by main as option errors (exit code 2).
+_INPUT_ERRORS = (ValueError, FileNotFoundError)
+SSR_DEFAULTS = SSROptions()  # the SSR options' defaults, shown in --help
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +120,60 @@ def _nonempty_text(text: str) -> str:
     return text
 
 
+def _add_model_option(
+    parser: argparse.ArgumentParser, what: str = "directory written by LumierePipeline.save_pretrained"
+) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"{what} (default: the model shipped in the package)",
+    )
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
+    )
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser, guidance: float, guidance_help: str) -> None:
+    """--steps, --guidance and --scheduler of a sampling command."""
+    parser.add_argument(
+        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
+    )
+    parser.add_argument(
+        "--guidance",
+        type=_float_at_least(0.0),
+        default=guidance,
+        metavar="G",
+        help=f"classifier-free guidance scale, >= 0 {guidance_help}",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=tuple(SAMPLERS),
+        default="dpm++",
+        help="sampler, over the model's saved noise schedule",
+    )
+
+
+def _subcommand(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    run: Callable[..., int] | None,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, which ``main`` runs with ``run(args, parser)`` (None: a group of subcommands)."""
+    parser = subparsers.add_parser(name, help=help, description=description, formatter_class=_HelpFormatter)
+    if run is not None:
+        parser.set_defaults(func=run, command_parser=parser)
+    return parser
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: X)" except where the default is None (the help text says what it means)."""
 
@@ -127,16 +185,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # ---------------------------------------------------------------------------------------------
 # lumiere generate
+#
+# Options are declared one `add_argument` call each, argparse's idiom (as in diffusers' example
+# scripts): the calls below and in the other subcommands share their shape (flag, type, default,
+# metavar, help) because each declares another option, not because logic repeats; options that do
+# repeat across subcommands are declared once (_add_model_option, _add_sampling_options, ...).
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_generate(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "generate",
-        help="generate a video from a text prompt",
-        description="Generate a video from a text prompt with a Lumiere pipeline.",
-        formatter_class=_HelpFormatter,
-    )
+def _add_generate(parser: argparse.ArgumentParser) -> None:
+    """Generate a video from a text prompt with a Lumiere pipeline."""
     parser.add_argument("prompt", type=_nonempty_text, help="text prompt (non-empty)")
     parser.add_argument(
         "-o",
@@ -154,17 +212,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         help="frames per clip: a positive multiple of the model's temporal factor (default: 16, or the "
         "length of --video)",
     )
-    parser.add_argument(
-        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
-    )
+    _add_sampling_options(parser, 5.0, "(<= 1: no guidance)")
     _add_conditioning_options(parser)
-    parser.add_argument(
-        "--guidance",
-        type=_float_at_least(0.0),
-        default=5.0,
-        metavar="G",
-        help="classifier-free guidance scale, >= 0 (<= 1: no guidance)",
-    )
     parser.add_argument(
         "--seed",
         type=_int_at_least(0),
@@ -172,13 +221,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="random seed, >= 0; clip i of --num-videos uses seed + i, so it is the same as that seed alone",
     )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="directory written by LumierePipeline.save_pretrained (default: the model shipped in the package)",
-    )
+    _add_model_option(parser)
     parser.add_argument(
         "--num-videos",
         type=_int_at_least(1),
@@ -191,12 +234,6 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="TEXT",
         help="prompt to steer away from with guidance (default: the empty prompt, i.e. unconditional)",
-    )
-    parser.add_argument(
-        "--scheduler",
-        choices=SCHEDULER_CHOICES,
-        default="dpm++",
-        help="sampler, over the model's saved noise schedule",
     )
     parser.add_argument(
         "--fps",
@@ -219,11 +256,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         metavar="W",
         help="width in pixels, a multiple of the model's spatial factor (default: the model's sample size)",
     )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
-    )
+    _add_device_option(parser)
     parser.add_argument(
         "--no-upsample",
         action="store_true",
@@ -238,7 +271,6 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="SSR denoising steps, >= 1 (default: --steps)",
     )
-    parser.set_defaults(func=_run_generate, command_parser=parser)
 
 
 def _add_conditioning_options(parser: argparse.ArgumentParser) -> None:
@@ -316,27 +348,14 @@ def _add_base_window_options(parser: argparse.ArgumentParser, what: str) -> None
 
 def _add_ssr_window_options(parser: argparse.ArgumentParser, prefix: str, what: str) -> None:
     """--[ssr-]window, --[ssr-]overlap, --[ssr-]chunk-size of the SSR's MultiDiffusion."""
-    parser.add_argument(
-        f"--{prefix}window",
-        type=_int_at_least(1),
-        default=SSR_WINDOW,
-        metavar="N",
-        help=f"{what}frames per temporal window, >= 1 (memory is that of one window, whatever the length)",
-    )
-    parser.add_argument(
-        f"--{prefix}overlap",
-        type=_int_at_least(0),
-        default=SSR_OVERLAP,
-        metavar="N",
-        help=f"{what}frames shared by neighbouring windows, < the window (paper: 2)",
-    )
-    parser.add_argument(
-        f"--{prefix}chunk-size",
-        type=_int_at_least(1),
-        default=1,
-        metavar="N",
-        help=f"{what}windows per network call, >= 1 (more: faster on a GPU, more memory)",
-    )
+    # fmt: off
+    for name, minimum, default, text in (
+        ("window", 1, SSR_DEFAULTS.window, "frames per temporal window, >= 1 (memory is that of one window, whatever the length)"),
+        ("overlap", 0, SSR_DEFAULTS.overlap, "frames shared by neighbouring windows, < the window (paper: 2)"),
+        ("chunk-size", 1, SSR_DEFAULTS.chunk_size, "windows per network call, >= 1 (more: faster on a GPU, more memory)"),
+    ):
+        parser.add_argument(f"--{prefix}{name}", type=_int_at_least(minimum), default=default, metavar="N", help=what + text)
+    # fmt: on
 
 
 def _check_window_options(
@@ -369,13 +388,11 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     import torch
 
     from lumiere.data.video_io import make_grid, write_video
-    from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
 
     _check_conditioning_options(parser, args)
-    try:
-        pipe = LumierePipeline.from_pretrained(args.model)
-    except _MODEL_LOAD_ERRORS as err:  # missing, corrupted, or a config that does not fit the weights
-        return _fail(parser, str(err))
+    pipe = _load_pipeline(args, parser)
+    if isinstance(pipe, int):
+        return pipe
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample): use `lumiere upsample`")
     if args.style is not None:
@@ -398,16 +415,19 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 f"argument {option}: must be a multiple of {stunet.spatial_factor} for this model, got {value}"
             )
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
-    pipe.to(device)
+    _place(pipe, args)
     # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
-    conditioning = dict(image=args.image, video=args.video, mask=args.mask, strength=args.strength)
+    ssr_options = SSROptions(args.ssr_window, args.ssr_overlap, args.ssr_chunk_size, steps=args.ssr_steps)
+    # Options map one to one onto the pipeline's keywords (here and in upsample's call): the two
+    # calls share their shape (keyword=args.option), not logic.
     try:
         frames = pipe(
             args.prompt,
-            **conditioning,
+            image=args.image,
+            video=args.video,
+            mask=args.mask,
+            strength=args.strength,
             num_frames=args.frames,
             height=args.height,
             width=args.width,
@@ -420,13 +440,8 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             window=args.window,
             overlap=args.overlap,
             upsample=not args.no_upsample,
-            ssr_window=args.ssr_window,
-            ssr_overlap=args.ssr_overlap,
-            ssr_chunk_size=args.ssr_chunk_size,
-            ssr_steps=args.ssr_steps,
+            ssr_options=ssr_options,
         ).frames  # [n, f, h, w, 3] in [0, 1]
-    except ValueError as err:  # conditioning inputs that do not fit (mask shape, video length, ...)
-        parser.error(str(err))
     except MemoryError as err:  # InsufficientMemoryError: refused before anything was allocated
         return _fail(parser, str(err))
 
@@ -434,13 +449,9 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         frames[0] if args.num_videos == 1 else make_grid(frames, nrow=math.ceil(math.sqrt(args.num_videos)))
     )
     path = write_video(args.output, video, fps=args.fps)
+    _, num_frames, height, width, _ = frames.shape
     logger.info(
-        "wrote %d clip(s) of %d frames (%dx%d) to %s",
-        args.num_videos,
-        frames.shape[1],
-        frames.shape[2],
-        frames.shape[3],
-        path,
+        "wrote %d clip(s) of %d frames (%dx%d) to %s", args.num_videos, num_frames, width, height, path
     )
     return 0
 
@@ -450,14 +461,9 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_upsample(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "upsample",
-        help="upsample a video spatially with the SSR model (MultiDiffusion over temporal windows)",
-        description="Spatial super-resolution of a video file with a Lumiere pipeline's SSR model: "
-        "overlapping temporal windows, averaged where they overlap, so any length fits in memory.",
-        formatter_class=_HelpFormatter,
-    )
+def _add_upsample(parser: argparse.ArgumentParser) -> None:
+    """Spatial super-resolution of a video file with a Lumiere pipeline's SSR model: overlapping
+    temporal windows, averaged where they overlap, so any length fits in memory."""
     parser.add_argument("input", type=Path, metavar="IN", help="input video file (low resolution)")
     parser.add_argument(
         "-o",
@@ -470,38 +476,19 @@ def _add_upsample(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prompt", type=_nonempty_text, required=True, help="text describing the video (non-empty)"
     )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="pipeline directory with an ssr/ model (default: the model shipped in the package)",
-    )
+    _add_model_option(parser, "pipeline directory with an ssr/ model")
     _add_ssr_window_options(parser, prefix="", what="")
-    parser.add_argument(
-        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
-    )
-    parser.add_argument(
-        "--guidance",
-        type=_float_at_least(0.0),
-        default=1.0,
-        metavar="G",
-        help="classifier-free guidance scale, >= 0 (<= 1: no guidance; the input fixes the content)",
+    _add_sampling_options(
+        parser, SSR_DEFAULTS.guidance_scale, "(<= 1: no guidance; the input fixes the content)"
     )
     parser.add_argument(
         "--noise-level",
         type=_int_at_least(0),
-        default=SSR_NOISE_LEVEL,
+        default=SSR_DEFAULTS.noise_level,
         metavar="T",
         help="noise augmentation of the input, a timestep of the noise schedule (0: none)",
     )
     parser.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S", help="random seed, >= 0")
-    parser.add_argument(
-        "--scheduler",
-        choices=SCHEDULER_CHOICES,
-        default="dpm++",
-        help="sampler, over the model's saved noise schedule",
-    )
     parser.add_argument(
         "--fps",
         type=_float_at_least(0.0, strict=True),
@@ -509,45 +496,27 @@ def _add_upsample(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="frame rate of the output file, > 0 (default: the input's)",
     )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
-    )
-    parser.set_defaults(func=_run_upsample, command_parser=parser)
+    _add_device_option(parser)
 
 
 def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     from lumiere.data.video_io import read_video, write_video
-    from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
 
     if not args.input.is_file():
         parser.error(f"argument IN: no such file: {str(args.input)!r}")
     _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
-    try:
-        pipe = LumierePipeline.from_pretrained(args.model)
-    except _MODEL_LOAD_ERRORS as err:  # missing, corrupted, or a config that does not fit the weights
-        return _fail(parser, str(err))
+    pipe = _load_pipeline(args, parser)
+    if isinstance(pipe, int):
+        return pipe
     if pipe.ssr is None:
         return _fail(parser, "this model has no SSR model (no ssr/ folder); pass --model with one")
     try:
         frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
     except ValueError as err:  # not a video, or a damaged one (names the file)
         return _fail(parser, str(err))
-    space = pipe.ssr.spatial_factor
-    height, width = (side * pipe.ssr_scale for side in frames.shape[1:3])
-    if height % space or width % space:
-        return _fail(
-            parser,
-            f"{str(args.input)!r} is {frames.shape[2]}x{frames.shape[1]}; upsampled x{pipe.ssr_scale} that is "
-            f"{width}x{height}, but the SSR model takes multiples of {space}",
-        )
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
-    pipe.to(device)
+    _place(pipe, args)  # the pipeline checks the frame size against the SSR model (a ValueError: exit 2)
     try:
         video = pipe.upsample(
             frames[None],
@@ -564,13 +533,14 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except MemoryError as err:  # InsufficientMemoryError: refused before anything was allocated
         return _fail(parser, str(err))
     path = write_video(args.output, video, fps=args.fps or fps or 8.0)
+    (num_frames, height, width), (out_height, out_width) = frames.shape[:3], video.shape[1:3]
     logger.info(
         "upsampled %d frames from %dx%d to %dx%d into %s",
-        video.shape[0],
-        frames.shape[2],
-        frames.shape[1],
-        video.shape[2],
-        video.shape[1],
+        num_frames,
+        width,
+        height,
+        out_width,
+        out_height,
         path,
     )
     return 0
@@ -581,13 +551,8 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train one stage from a YAML config",
-        description="Train one Lumiere stage (Accelerate; also under `accelerate launch`) from a YAML config.",
-        formatter_class=_HelpFormatter,
-    )
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    """Train one Lumiere stage (Accelerate; also under `accelerate launch`) from a YAML config."""
     parser.add_argument("config", type=Path, metavar="CONFIG", help="YAML training config (an existing file)")
     parser.add_argument(
         "--resume",
@@ -601,7 +566,6 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         metavar="MINUTES",
         help="stop with a checkpoint after this many minutes, > 0 (continue later with --resume)",
     )
-    parser.set_defaults(func=_run_train, command_parser=parser)
 
 
 def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -619,24 +583,13 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_eval(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="score a model on moving-shapes prompts (probe accuracy, consistency, Frechet distance)",
-        description="Generate clips for prompts drawn from the moving-shapes grammar and print JSON scores.",
-        formatter_class=_HelpFormatter,
-    )
+def _add_eval(parser: argparse.ArgumentParser) -> None:
+    """Generate clips for prompts drawn from the moving-shapes grammar and print JSON scores."""
     parser.add_argument("--count", type=_int_at_least(2), default=100, metavar="N", help="clips, >= 2")
     parser.add_argument(
         "--seed", type=_int_at_least(0), default=0, metavar="S", help="prompt and noise seed, >= 0"
     )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="pipeline directory (default: the shipped model)",
-    )
+    _add_model_option(parser, "pipeline directory")
     parser.add_argument(
         "--frames", type=_int_at_least(1), default=16, metavar="N", help="frames per clip, >= 1"
     )
@@ -678,19 +631,16 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="also write the JSON here, with per-clip readings (t2v)",
     )
-    parser.set_defaults(func=_run_eval, command_parser=parser)
 
 
 def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
     from lumiere.eval.evaluate import evaluate
-    from lumiere.pipelines import LumierePipeline
 
-    try:
-        pipe = LumierePipeline.from_pretrained(args.model)
-    except _MODEL_LOAD_ERRORS as err:  # missing, corrupted, or a config that does not fit the weights
-        return _fail(parser, str(err))
+    pipe = _load_pipeline(args, parser)
+    if isinstance(pipe, int):
+        return pipe
     if pipe.stunet is None:
         return _fail(parser, "this model has no base stunet (it can only upsample); eval needs one")
     if (args.window is not None or args.overlap is not None) and args.task != "t2v":
@@ -707,12 +657,9 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if (args.task == "style") != (args.style is not None):
         parser.error("argument --style: give it with --task style, and only then")
     if args.task == "t2v":
-        try:
-            scores = evaluate(
-                pipe, batch_size=args.batch_size, window=args.window, overlap=args.overlap, **common
-            )
-        except ValueError as err:  # windows that cannot tile the clip
-            parser.error(str(err))
+        scores = evaluate(
+            pipe, batch_size=args.batch_size, window=args.window, overlap=args.overlap, **common
+        )
     elif args.task == "style":
         from lumiere.eval.style import evaluate_style
         from lumiere.models.blend import load_style
@@ -745,16 +692,15 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_data(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "data", help="write data sets", description="Write data sets.", formatter_class=_HelpFormatter
-    )
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    """Write data sets."""
     data_commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    shapes = data_commands.add_parser(
+    shapes = _subcommand(
+        data_commands,
         "shapes",
-        help="write the synthetic moving-shapes data set (mp4 + caption txt pairs)",
-        description="Write clip_NNNNNN.mp4 videos of moving shapes, each with its caption in clip_NNNNNN.txt.",
-        formatter_class=_HelpFormatter,
+        _run_data_shapes,
+        "write the synthetic moving-shapes data set (mp4 + caption txt pairs)",
+        "Write clip_NNNNNN.mp4 videos of moving shapes, each with its caption in clip_NNNNNN.txt.",
     )
     shapes.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="output directory (created if missing)"
@@ -786,7 +732,6 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="frame rate of the files, > 0",
     )
-    shapes.set_defaults(func=_run_data_shapes, command_parser=shapes)
 
 
 def _run_data_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -804,56 +749,28 @@ def _run_data_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    """Serve a Gradio page with tabs for text-to-video, image-to-video, cinemagraphs, inpainting
+    and video-to-video. One generation at a time; requests beyond the caps are refused."""
     from lumiere.web.app import Caps  # plain Python: the caps' defaults, without Gradio
 
     caps = Caps()
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve a web page for generation (needs the web extra: pip install 'lumiere-video[web]')",
-        description="Serve a Gradio page with tabs for text-to-video, image-to-video, cinemagraphs, "
-        "inpainting and video-to-video. One generation at a time; requests beyond the caps are refused.",
-        formatter_class=_HelpFormatter,
-    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on; 0.0.0.0 opens the page to the network (anyone who can reach it can use it)",
     )
     parser.add_argument("--port", type=_int_at_least(1), default=7860, metavar="N", help="port, 1-65535")
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="directory written by LumierePipeline.save_pretrained (default: the model shipped in the package)",
-    )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
-    )
-    parser.add_argument(
-        "--max-frames",
-        type=_int_at_least(1),
-        default=caps.max_frames,
-        metavar="N",
-        help="cap on frames per clip",
-    )
-    parser.add_argument(
-        "--max-steps",
-        type=_int_at_least(1),
-        default=caps.max_steps,
-        metavar="N",
-        help="cap on denoising steps",
-    )
-    parser.add_argument(
-        "--max-size",
-        type=_int_at_least(1),
-        default=caps.max_size,
-        metavar="PX",
-        help="cap on the base height and width in pixels",
-    )
+    _add_model_option(parser)
+    _add_device_option(parser)
+    for option, default, metavar, what in (
+        ("--max-frames", caps.max_frames, "N", "frames per clip"),
+        ("--max-steps", caps.max_steps, "N", "denoising steps"),
+        ("--max-size", caps.max_size, "PX", "the base height and width in pixels"),
+    ):
+        parser.add_argument(
+            option, type=_int_at_least(1), default=default, metavar=metavar, help=f"cap on {what}"
+        )
     parser.add_argument(
         "--max-upload-mb",
         type=_float_at_least(0.0, strict=True),
@@ -875,7 +792,6 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="where results are written (default: a new temporary directory)",
     )
-    parser.set_defaults(func=_run_serve, command_parser=parser)
 
 
 def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -913,6 +829,27 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # ---------------------------------------------------------------------------------------------
 
 
+def _load_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
+    """``LumierePipeline.from_pretrained(args.model)``, or the exit code 1 of a model that does not
+    load (missing, corrupted, or a config that does not fit the weights), reported."""
+    from lumiere.pipelines import LumierePipeline
+
+    try:
+        return LumierePipeline.from_pretrained(args.model)
+    except _MODEL_LOAD_ERRORS as err:
+        return _fail(parser, str(err))
+
+
+def _place(pipe: Any, args: argparse.Namespace) -> None:
+    """``--scheduler`` over the model's noise schedule; the networks on ``--device``."""
+    import torch
+
+    from lumiere.pipelines import make_sampling_scheduler
+
+    pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     """Report a failure of the work itself (not of the options): exit code 1."""
     sys.stderr.write(f"{parser.prog}: error: {message}\n")
@@ -929,12 +866,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging verbosity"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_generate(commands)
-    _add_upsample(commands)
-    _add_train(commands)
-    _add_data(commands)
-    _add_eval(commands)
-    _add_serve(commands)
+    # fmt: off
+    for name, add_options, run, summary in (  # the description of each is its _add_ function's docstring
+        ("generate", _add_generate, _run_generate, "generate a video from a text prompt"),
+        ("upsample", _add_upsample, _run_upsample, "upsample a video spatially with the SSR model (MultiDiffusion over temporal windows)"),
+        ("train", _add_train, _run_train, "train one stage from a YAML config"),
+        ("data", _add_data, None, "write data sets"),
+        ("eval", _add_eval, _run_eval, "score a model on moving-shapes prompts (probe accuracy, consistency, Frechet distance)"),
+        ("serve", _add_serve, _run_serve, "serve a web page for generation (needs the web extra: pip install 'lumiere-video[web]')"),
+    ):
+        add_options(_subcommand(commands, name, run, summary, add_options.__doc__))
+    # fmt: on
     return parser
 
 
@@ -943,8 +885,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    # The subcommand's own parser, so errors found later show its usage line.
-    return args.func(args, args.command_parser)
+    # The subcommand's own parser, so errors found later name it.
+    parser = args.command_parser
+    try:
+        return args.func(args, parser)
+    except _INPUT_ERRORS as err:  # the one boundary for values the library refuses
+        logger.debug("refused", exc_info=True)
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

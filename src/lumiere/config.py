@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 import yaml
 
-STAGES = ("t2i", "stunet", "ssr", "conditional")
-
 
 @dataclass
 class ModelConfig:
@@ -75,7 +73,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["t2i", "stunet", "ssr", "conditional"] = "t2i"  # what is trained (DESIGN.md sec. 2)
+    stage: str = "t2i"  # what is trained: a name of lumiere.stages.STAGES (t2i, stunet, ssr, conditional)
     output_dir: str = "runs/default"  # checkpoints, samples, metrics and the exported model
     seed: int = 0  # model initialisation and the per-step noise
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # Accelerate's autocast
@@ -93,6 +91,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
+        # The stage names and each stage's own checks come from the registry (lumiere.stages);
+        # imported here, not at the top, so that importing this module does not load the networks.
+        from lumiere.stages import get_stage
+
+        stage = get_stage(self.stage)
         checks = [
             ("optim.batch_size", self.optim.batch_size >= 1, ">= 1"),
             ("optim.max_steps", self.optim.max_steps >= 1, ">= 1"),
@@ -132,19 +135,11 @@ class TrainConfig:
             from lumiere.data.shapes import check_motion_mix
 
             check_motion_mix(self.data.motion_mix, name="config key data.motion_mix")
-            if self.data.kind != "shapes" or self.stage == "t2i":
+            if self.data.kind != "shapes" or stage.image_data:
                 raise ValueError("config key data.motion_mix applies to shapes data in video stages only")
         if self.data.kind == "folder" and not self.data.path:
             raise ValueError("config key data.path is required when data.kind is 'folder'")
-        if self.stage != "t2i" and not self.model.init_from:
-            raise ValueError(f"config key model.init_from is required for stage {self.stage!r}")
-        if self.stage == "ssr" and self.data.resolution % self.model.ssr_scale:
-            raise ValueError(
-                f"config key data.resolution ({self.data.resolution}) must be a multiple of model.ssr_scale "
-                f"({self.model.ssr_scale}) for stage 'ssr'"
-            )
-        if self.model.ssr_residual and self.stage != "ssr":
-            raise ValueError(f"config key model.ssr_residual applies to stage 'ssr' only, not {self.stage!r}")
+        stage.check_config(self)
 
 
 # ---------------------------------------------------------------------------------------------

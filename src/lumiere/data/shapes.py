@@ -1,4 +1,4 @@
-"""Synthetic moving-shapes clips with captions (DESIGN.md section 3).
+"""Synthetic moving-shapes clips with captions (docs/design.md section 6).
 
 Every clip shows one solid shape on a solid background, moving in one of seven ways. A clip is a
 pure function of ``(seed, index)``, so the data set is reproducible, needs no storage and is cheap
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from lumiere.data.video_io import parse_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -321,17 +322,6 @@ def sample_trajectory(
     return cx, cy, size
 
 
-def _resolution(resolution: int | Sequence[int]) -> tuple[int, int]:
-    """int or (h, w) -> (h, w), with a ValueError for anything else or sides below 8 pixels."""
-    is_int = isinstance(resolution, numbers.Integral)
-    size = (
-        (resolution, resolution) if is_int else tuple(resolution) if isinstance(resolution, Sequence) else ()
-    )
-    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s >= 8 for s in size):
-        raise ValueError(f"resolution must be an int or (h, w) with both sides >= 8, got {resolution!r}")
-    return int(size[0]), int(size[1])
-
-
 class MovingShapes(Dataset):
     """Procedural moving-shapes clips; item i depends only on (seed, i).
 
@@ -360,7 +350,7 @@ class MovingShapes(Dataset):
             raise ValueError(f"motion_mix applies to mode 'video' only, not {mode!r}")
         self.length = int(length)
         self.num_frames = 1 if mode == "image" else int(num_frames)
-        self.height, self.width = _resolution(resolution)
+        self.height, self.width = parse_resolution(resolution, min_side=8)
         self.seed = int(seed)
         self.mode = mode
 

@@ -23,7 +23,6 @@ import csv
 import json
 import logging
 import math
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from lumiere.data.video_io import read_video_timed
+from lumiere.data.video_io import parse_resolution, read_video_timed
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +42,6 @@ FOLDER_EXTENSIONS = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi")
 
 class ClipTooShortError(ValueError):
     """The video has fewer frames than one clip needs at the configured fps."""
-
-
-def _resolution(resolution: int | Sequence[int]) -> tuple[int, int]:
-    """int or (h, w) -> (h, w), with a ValueError for anything else or sides below 1 pixels."""
-    is_int = isinstance(resolution, numbers.Integral)
-    size = (
-        (resolution, resolution) if is_int else tuple(resolution) if isinstance(resolution, Sequence) else ()
-    )
-    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in size):
-        raise ValueError(f"resolution must be an int or (h, w) with both sides >= 1, got {resolution!r}")
-    return int(size[0]), int(size[1])
 
 
 def _read_manifest(manifest: Path) -> list[tuple[Path, str]]:
@@ -156,7 +144,7 @@ class VideoFolder(Dataset):
         if not self.entries:
             raise ValueError(f"no captioned videos found in {str(root)!r}")
         self.num_frames = int(num_frames)
-        self.height, self.width = _resolution(resolution)
+        self.height, self.width = parse_resolution(resolution)
         self.fps = None if fps is None else float(fps)
         self.seed = int(seed)
         self.random_crop = random_crop

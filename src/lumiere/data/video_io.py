@@ -13,6 +13,8 @@ halves the colour resolution, so compare round trips with a tolerance.
 from __future__ import annotations
 
 import logging
+import numbers
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,6 +35,19 @@ _CODECS = {
 # ------------------------------------------------------------------------------------------------
 # Conversions
 # ------------------------------------------------------------------------------------------------
+
+
+def parse_resolution(resolution: int | Sequence[int], min_side: int = 1) -> tuple[int, int]:
+    """int or (h, w) -> (h, w), with a ValueError for anything else or sides below ``min_side`` pixels."""
+    is_int = isinstance(resolution, numbers.Integral)
+    size = (
+        (resolution, resolution) if is_int else tuple(resolution) if isinstance(resolution, Sequence) else ()
+    )
+    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s >= min_side for s in size):
+        raise ValueError(
+            f"resolution must be an int or (h, w) with both sides >= {min_side}, got {resolution!r}"
+        )
+    return int(size[0]), int(size[1])
 
 
 def _check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:

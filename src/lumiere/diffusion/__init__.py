@@ -1,4 +1,5 @@
-"""Diffusion training objective on diffusers schedulers (noise, v/eps/x0 targets, loss weights)."""
+"""Diffusion training objective on diffusers schedulers (noise, v/eps/x0 targets, loss weights), and
+the one training step of every model, ``DiffusionObjective.training_loss``."""
 
 from .objective import (
     PREDICTION_TYPES,

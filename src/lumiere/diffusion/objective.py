@@ -180,15 +180,19 @@ class DiffusionObjective:
             return (gamma / snr).clamp(max=1.0)  # = min(SNR, gamma) / SNR, and 1 (not 0/0) at SNR = 0
         return snr.clamp(max=gamma)
 
-    def loss_per_sample(
+    def loss(
         self,
         model_output: torch.Tensor,
         x0: torch.Tensor,
         noise: torch.Tensor,
         timesteps: torch.Tensor,
         min_snr_gamma: float | None = None,
+        reduction: str = "mean",  # "mean": a scalar; "none": one loss per sample, [b] (as torch's losses)
     ) -> torch.Tensor:
-        """[b] float32: mean squared error over all non-batch dims, times min-SNR weights if gamma is set."""
+        """Float32 mean squared error to the target over all non-batch dims, times min-SNR weights
+        if gamma is set: ``[b]`` with ``reduction="none"``, else its batch mean (a scalar)."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         if model_output.shape != x0.shape:
             raise ValueError(
                 f"model output shape {tuple(model_output.shape)} != sample shape {tuple(x0.shape)}"
@@ -197,35 +201,44 @@ class DiffusionObjective:
         per_sample = (model_output.float() - target).square().mean(dim=tuple(range(1, x0.ndim)))  # [b]
         if min_snr_gamma is not None:
             per_sample = per_sample * self.min_snr_weights(timesteps.to(x0.device), min_snr_gamma)
-        return per_sample
+        return per_sample if reduction == "none" else per_sample.mean()
 
-    def loss(
-        self,
-        model_output: torch.Tensor,
-        x0: torch.Tensor,
-        noise: torch.Tensor,
-        timesteps: torch.Tensor,
-        min_snr_gamma: float | None = None,
-    ) -> torch.Tensor:
-        """Scalar float32 loss: the batch mean of `loss_per_sample`."""
-        return self.loss_per_sample(model_output, x0, noise, timesteps, min_snr_gamma).mean()
+    # ---- the training step ---------------------------------------------------------------------
 
     def training_loss(
         self,
-        model_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
-        x0: torch.Tensor,
-        cond: Any,
-        generator: torch.Generator | None = None,
-        min_snr_gamma: float | None = None,
+        model_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],  # (x_t, timesteps, cond)
+        x0: torch.Tensor,  # [b, ...] the clean sample that is diffused
+        cond: Any = None,  # passed to model_fn as is (unless draw_cond is given)
+        generator: torch.Generator | None = None,  # every random draw of the step
+        min_snr_gamma: float | None = None,  # min-SNR loss weighting; None: plain MSE
+        bias_portion: float = 0.0,  # share of timesteps drawn from [bias_begin, T) (sample_timesteps)
+        bias_begin: int = 700,
+        draw_cond: Callable[[torch.Generator | None], Any] | None = None,  # draws cond from generator
     ) -> torch.Tensor:
-        """One training loss (scalar): draw timesteps and noise, noise x0 [b, ...], call
-        `model_fn(x_t, timesteps, cond)`, compare with the target. `cond` is passed through as is."""
-        # 1. noise level and noise, both from `generator`
-        timesteps = self.sample_timesteps(x0.shape[0], generator=generator, device=x0.device)  # [b]
+        """The one training step of every model (``lumiere.train``, ``bench/``, the ablation): draw
+        timesteps and noise, noise x0 [b, ...], call ``model_fn(x_t, timesteps, cond)``, and return
+        the (min-SNR weighted) scalar loss against the target (Ho et al. 2020, Algorithm 1).
+
+        The draws from ``generator`` come in a fixed order, so a step is a pure function of it:
+        timesteps, then noise, then (with ``draw_cond``) the stage's conditioning, e.g. the SSR
+        stage's augmentation level and noise. Keep this order: resumed runs rely on it.
+        """
+        # 1. Noise level and noise, both from `generator`.
+        timesteps = self.sample_timesteps(
+            x0.shape[0],
+            generator=generator,
+            device=x0.device,
+            bias_portion=bias_portion,
+            bias_begin=bias_begin,
+        )  # [b]
         noise = _randn(x0.shape, generator, x0.device).to(x0.dtype)  # [b, ...]
-        # 2. forward process
+        # 2. Forward process.
         x_t = self.add_noise(x0, noise, timesteps)  # [b, ...]
-        # 3. prediction and loss
+        # 3. The stage's conditioning, drawn last.
+        if draw_cond is not None:
+            cond = draw_cond(generator)
+        # 4. Prediction and loss.
         model_output = model_fn(x_t, timesteps, cond)
         if not isinstance(model_output, torch.Tensor):
             raise TypeError(

@@ -25,7 +25,8 @@ import torch
 
 from lumiere.eval.evaluate import draw_prompts, real_clips_for
 from lumiere.eval.probe import ATTRIBUTES, probe_clip, score
-from lumiere.models.conditional import motion_region, random_box_mask
+from lumiere.models.conditional import motion_region
+from lumiere.stages.conditional import random_box_mask
 
 TASKS = ("i2v", "inpaint", "cinemagraph", "sdedit")
 SDEDIT_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -53,6 +54,9 @@ def _accuracy(clips: list[np.ndarray], prompts: list[str]) -> dict[str, float]:
     return {key: float(np.mean([s[key] for s in scores])) for key in ("object", *ATTRIBUTES, "all")}
 
 
+# The sampling keywords (count, seed, num_frames, num_inference_steps, guidance_scale) repeat those
+# of lumiere.eval.evaluate.evaluate on purpose (a duplicates pair): the CLI passes every evaluation one
+# shared set of them, and flat keywords keep each entry point callable on its own.
 def evaluate_conditional(
     pipe,
     task: str,

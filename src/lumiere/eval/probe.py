@@ -1,4 +1,4 @@
-"""Analytic probe of moving-shapes clips (DESIGN.md section 3).
+"""Analytic probe of moving-shapes clips (docs/design.md section 6).
 
 Reads a clip back into the attributes its caption names, with no learned model:
 

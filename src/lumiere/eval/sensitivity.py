@@ -1,5 +1,5 @@
 """Which words of a caption does a text-to-video STUNet use? The denoising loss with the true caption,
-with one attribute swapped, and with the empty caption (DESIGN.md section 3's caption grammar).
+with one attribute swapped, and with the empty caption (docs/design.md section 6's caption grammar).
 
 For real MovingShapes clips and fixed noise, the v-prediction loss at a few timesteps ``t`` is measured
 three times: with the clip's own caption, with the same caption but one attribute changed (a red circle
@@ -33,7 +33,7 @@ from lumiere.diffusion.objective import DiffusionObjective, make_noise_scheduler
 from lumiere.models.conditional import empty_condition, is_conditional_stunet
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder
-from lumiere.train import forward_model
+from lumiere.stages import conditioned_forward
 
 
 def _cycle(values: Sequence[str]) -> dict[str, str]:
@@ -145,8 +145,8 @@ def caption_sensitivity(
             steps = torch.full((clean.shape[0],), int(t), device=device)
             noisy = objective.add_noise(clean, eps, steps)
             for name, (states, mask) in encoded.items():
-                prediction = forward_model(stunet, noisy, steps, states, mask, condition)
-                loss = objective.loss_per_sample(prediction, clean, eps, steps).sum().item()
+                prediction = conditioned_forward(stunet, noisy, steps, states, mask, condition)
+                loss = objective.loss(prediction, clean, eps, steps, reduction="none").sum().item()
                 totals[name][i] += loss
     losses = {name: [value / count for value in values] for name, values in totals.items()}
     share = []

@@ -26,6 +26,9 @@ from lumiere.models.blend import blend_weights
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+# The sampling keywords (count, seed, num_frames, num_inference_steps, guidance_scale) repeat those
+# of lumiere.eval.evaluate.evaluate on purpose (a duplicates pair): the CLI passes every evaluation one
+# shared set of them, and flat keywords keep each entry point callable on its own.
 def evaluate_style(
     pipe,
     styled: torch.nn.Module,

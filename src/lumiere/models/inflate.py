@@ -3,6 +3,9 @@
 Lumiere inflates a pretrained text-to-image U-Net: every image-model weight is copied unchanged,
 and only the inserted temporal modules start fresh (identity / zero, see ``stunet.py``).
 
+This module maps state-dict keys and copies tensors; it does not import ``stunet``
+(``STUNet.from_unet2d`` calls ``load_image_weights`` here), so the dependency runs one way.
+
 The mapping is a rename of each block prefix, because the STUNet wraps each image-model block as
 ``.spatial`` beside its temporal modules:
 
@@ -15,11 +18,10 @@ The mapping is a rename of each block prefix, because the STUNet wraps each imag
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 import torch
 from diffusers import UNet2DConditionModel
-
-from lumiere.models.stunet import InsertedModule
 
 _BLOCK_PREFIX = re.compile(r"^(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.")
 
@@ -29,20 +31,15 @@ def stunet_key(image_key: str) -> str:
     return _BLOCK_PREFIX.sub(lambda m: f"{m.group(1)}.spatial.", image_key, count=1)
 
 
-def load_image_weights(stunet: torch.nn.Module, unet2d: torch.nn.Module) -> None:
+def load_image_weights(stunet: torch.nn.Module, unet2d: torch.nn.Module, fresh_keys: Collection[str]) -> None:
     """Copy every weight of ``unet2d`` into ``stunet`` under its mapped key.
 
-    A widened input conv takes the image weights in its first channels and keeps zeros for the
-    extra ones. Raises ``ValueError`` naming any image weight with no place in the STUNet, or any
-    STUNet weight outside the inserted modules that the image model did not provide.
+    ``fresh_keys``: the STUNet's state-dict keys of its inserted (temporal) modules, which keep
+    their own initialisation. A widened input conv takes the image weights in its first channels
+    and keeps zeros for the extra ones. Raises ``ValueError`` naming any image weight with no place
+    in the STUNet, or any STUNet weight outside ``fresh_keys`` that the image model did not provide.
     """
     target = stunet.state_dict()
-    inserted = {
-        f"{name}.{key}"
-        for name, module in stunet.named_modules()
-        if isinstance(module, InsertedModule)
-        for key in module.state_dict()
-    }
     filled = set()
     with torch.no_grad():
         for key, value in unet2d.state_dict().items():
@@ -65,7 +62,7 @@ def load_image_weights(stunet: torch.nn.Module, unet2d: torch.nn.Module) -> None
                     f"image-model weight {key!r} has shape {tuple(value.shape)}, STUNet expects {tuple(dest.shape)}"
                 )
             filled.add(new_key)
-    missing = [k for k in target if k not in filled and k not in inserted]
+    missing = [k for k in target if k not in filled and k not in fresh_keys]
     if missing:
         raise ValueError(f"STUNet weights not provided by the image model: {missing[:5]}")
 

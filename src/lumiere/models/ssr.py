@@ -12,7 +12,8 @@ level, so it can run on windows of any length) and conditioned on the low-resolu
    the level goes to the network as ``noise_level`` (in timestep units, as the timestep itself).
 
 This is the recipe of diffusers' Stable Diffusion x4 upscaler (``noise_level``, default 20 at
-sampling, at most 350), with our pixel-space video layout.
+sampling, at most 350), with our pixel-space video layout. The training draws (level and noise per
+clip) are the stage's: ``lumiere.stages.ssr.training_condition``.
 
 Axis legend:
     b  clips      c  channels      f  frames      h, w  low-res size      H, W  high-res size
@@ -30,9 +31,8 @@ from einops import rearrange
 
 from lumiere.models.stunet import STUNet
 
-CONDITION_CHANNELS = 3  # the upsampled low-res RGB clip
+SSR_CONDITION_CHANNELS = 3  # the upsampled low-res RGB clip
 SAMPLING_NOISE_LEVEL = 20  # augmentation level at sampling (SD x4 upscaler's default); a timestep
-MAX_TRAINING_NOISE_LEVEL = 250  # training levels are uniform in [0, this]; see optim.max_augmentation_level
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def build_ssr_stunet(image_model: UNet2DConditionModel, **options: Any) -> STUNe
     stunet = STUNet.from_unet2d(
         image_model, temporal_resizing=False, noise_level_conditioning=True, **options
     )
-    stunet.widen_input(CONDITION_CHANNELS)
+    stunet.widen_input(SSR_CONDITION_CHANNELS)
     return stunet
 
 
@@ -58,10 +58,10 @@ def check_ssr_stunet(stunet: STUNet, name: str = "ssr") -> None:
         problems.append(f"it resizes time (temporal factor {stunet.temporal_factor}; an SSR model has 1)")
     if stunet.noise_level_embedding is None:
         problems.append("it has no noise-level conditioning")
-    if stunet.in_channels != stunet.out_channels + CONDITION_CHANNELS:
+    if stunet.in_channels != stunet.out_channels + SSR_CONDITION_CHANNELS:
         problems.append(
             f"it takes {stunet.in_channels} input channels for {stunet.out_channels} output channels "
-            f"(an SSR model takes {CONDITION_CHANNELS} more: the low-res clip)"
+            f"(an SSR model takes {SSR_CONDITION_CHANNELS} more: the low-res clip)"
         )
     if problems:
         raise ValueError(
@@ -151,29 +151,6 @@ def make_condition(
     if noise.shape != upsampled.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(upsampled.shape)}")
     return SSRCondition(augment(upsampled, noise, noise_level, alphas_cumprod), noise_level)
-
-
-def training_condition(
-    high_res: torch.Tensor,
-    scale: int,
-    max_noise_level: int,
-    alphas_cumprod: torch.Tensor,
-    generator: torch.Generator | None = None,
-) -> SSRCondition:
-    """The conditioning of one training batch: downsample the clean high-res clip ``[b, 3, f, H, W]``
-    by ``scale`` (area), upsample back, augment at a level drawn uniformly in ``[0, max_noise_level]``
-    per clip. Every draw comes from ``generator`` (CPU), so a step's batch is reproducible."""
-    batch = high_res.shape[0]
-    low_res = downsample_video(high_res, scale)
-    noise_level = torch.randint(0, max_noise_level + 1, (batch,), generator=generator)
-    noise = torch.randn(high_res.shape, generator=generator)
-    return make_condition(
-        low_res,
-        tuple(high_res.shape[-2:]),
-        noise_level.to(high_res.device),
-        noise.to(device=high_res.device, dtype=high_res.dtype),
-        alphas_cumprod,
-    )
 
 
 def ssr_model_input(noisy: torch.Tensor, condition_video: torch.Tensor) -> torch.Tensor:

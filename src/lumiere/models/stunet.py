@@ -21,10 +21,8 @@ Axis legend (einops):
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +38,11 @@ from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embeddin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from einops import rearrange
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from lumiere.checkpoint import CheckpointError, verify_checksums, write_checksums
+from lumiere.checkpoint import write_checksums
+from lumiere.models.inflate import load_image_weights
+from lumiere.models.loading import check_saved_stunet, weight_files
 
 # Blocks whose internals (resnets / attentions / resizers) the STUNet knows how to call.
 SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -345,7 +344,20 @@ def _spatial_layer(
     return hidden_states
 
 
-class SpaceTimeDownBlock(_CheckpointedLayers):
+class _SpaceTimeLevel(_CheckpointedLayers):
+    """An image-model down or up block (``spatial``) with a factorized space-time conv after each
+    of its layers; the subclass adds its temporal resizer (``channels`` wide)."""
+
+    def __init__(self, spatial: nn.Module, kernel_size: int, norm_groups: int):
+        super().__init__()
+        self.spatial = spatial
+        self.channels = spatial.resnets[0].out_channels
+        self.temporal_convs = nn.ModuleList(
+            FactorizedSpaceTimeConv(self.channels, kernel_size, norm_groups) for _ in spatial.resnets
+        )
+
+
+class SpaceTimeDownBlock(_SpaceTimeLevel):
     """An image-model down block (``spatial``) with a factorized space-time conv after each of its
     layers and an optional temporal downsampler after its spatial downsampler.
 
@@ -353,16 +365,9 @@ class SpaceTimeDownBlock(_CheckpointedLayers):
     """
 
     def __init__(self, spatial: nn.Module, temporal_downsample: bool, kernel_size: int, norm_groups: int):
-        super().__init__()
-        self.spatial = spatial
-        channels = spatial.resnets[0].out_channels
-        self.temporal_convs = nn.ModuleList(
-            FactorizedSpaceTimeConv(channels, kernel_size, norm_groups) for _ in spatial.resnets
-        )
-        has_downsampler = spatial.downsamplers is not None
-        self.temporal_downsampler = (
-            TemporalDownsample(channels, kernel_size) if (temporal_downsample and has_downsampler) else None
-        )
+        super().__init__(spatial, kernel_size, norm_groups)
+        resizes = temporal_downsample and spatial.downsamplers is not None
+        self.temporal_downsampler = TemporalDownsample(self.channels, kernel_size) if resizes else None
 
     def layer(
         self, index: int, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
@@ -422,7 +427,7 @@ class SpaceTimeMidBlock(_CheckpointedLayers):
         return hidden_states
 
 
-class SpaceTimeUpBlock(_CheckpointedLayers):
+class SpaceTimeUpBlock(_SpaceTimeLevel):
     """An image-model up block (``spatial``) with a factorized space-time conv after each layer and
     an optional temporal upsampler after its spatial upsampler. Each layer concatenates one skip,
     which has the same frame count because resizing is mirrored.
@@ -431,16 +436,9 @@ class SpaceTimeUpBlock(_CheckpointedLayers):
     """
 
     def __init__(self, spatial: nn.Module, temporal_upsample: bool, kernel_size: int, norm_groups: int):
-        super().__init__()
-        self.spatial = spatial
-        channels = spatial.resnets[0].out_channels
-        self.temporal_convs = nn.ModuleList(
-            FactorizedSpaceTimeConv(channels, kernel_size, norm_groups) for _ in spatial.resnets
-        )
-        has_upsampler = spatial.upsamplers is not None
-        self.temporal_upsampler = (
-            TemporalUpsample(channels, kernel_size) if (temporal_upsample and has_upsampler) else None
-        )
+        super().__init__(spatial, kernel_size, norm_groups)
+        resizes = temporal_upsample and spatial.upsamplers is not None
+        self.temporal_upsampler = TemporalUpsample(self.channels, kernel_size) if resizes else None
 
     def layer(self, index, hidden_states, skip, conditioning: FrameConditioning, num_frames: int):
         hidden_states = torch.cat([hidden_states, skip], dim=1)
@@ -587,29 +585,23 @@ class STUNet(ModelMixin, ConfigMixin):
     # ----- inflation ------------------------------------------------------------------------
 
     @classmethod
-    def from_unet2d(
-        cls,
-        unet2d: UNet2DConditionModel,
-        temporal_resizing: bool | Sequence[bool] = True,
-        temporal_attention_layers: int = 2,
-        temporal_attention_heads: int = 4,
-        temporal_kernel_size: int = 3,
-        noise_level_conditioning: bool = False,
-        temporal_cross_attention: bool = True,
-    ) -> STUNet:
-        """Inflate an image model: keep its blocks and weights, insert Lumiere's temporal modules."""
-        from lumiere.models.inflate import load_image_weights
+    def from_unet2d(cls, unet2d: UNet2DConditionModel, **temporal_options: Any) -> STUNet:
+        """Inflate an image model: keep its blocks and weights, insert Lumiere's temporal modules.
 
-        stunet = cls(
-            unet_config={k: v for k, v in unet2d.config.items() if not k.startswith("_")},
-            temporal_resizing=temporal_resizing,
-            temporal_attention_layers=temporal_attention_layers,
-            temporal_attention_heads=temporal_attention_heads,
-            temporal_kernel_size=temporal_kernel_size,
-            noise_level_conditioning=noise_level_conditioning,
-            temporal_cross_attention=temporal_cross_attention,
-        )
-        load_image_weights(stunet, unet2d)
+        ``temporal_options`` are the constructor's own (``temporal_resizing``,
+        ``temporal_attention_layers``, ``noise_level_conditioning``, ...), with its defaults. The
+        weights are copied by ``lumiere.models.inflate``'s key mapping, which knows nothing of
+        this class (the import runs one way: stunet -> inflate).
+        """
+        unet_config = {k: v for k, v in unet2d.config.items() if not k.startswith("_")}
+        stunet = cls(unet_config=unet_config, **temporal_options)
+        fresh = {
+            f"{name}.{key}"
+            for name, module in stunet.named_modules()
+            if isinstance(module, InsertedModule)
+            for key in module.state_dict()
+        }
+        load_image_weights(stunet, unet2d, fresh_keys=fresh)
         stunet.to(unet2d.device)
         if unet2d.dtype != torch.float32:
             stunet.to(dtype=unet2d.dtype)
@@ -631,7 +623,7 @@ class STUNet(ModelMixin, ConfigMixin):
         """
         directory = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
         if directory.is_dir():
-            check_saved_stunet(directory, variant=kwargs.get("variant"))
+            check_saved_stunet(directory, cls, variant=kwargs.get("variant"))
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         with torch.no_grad():
             for tensor in (*model.parameters(), *model.buffers()):
@@ -643,7 +635,7 @@ class STUNet(ModelMixin, ConfigMixin):
         later load detects a corrupted or truncated file (``from_pretrained``)."""
         super().save_pretrained(save_directory, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_checksums(save_directory, [p.name for p in _weight_files(Path(save_directory))])
+            write_checksums(save_directory, [p.name for p in weight_files(Path(save_directory))])
 
     def widen_input(self, extra_channels: int) -> None:
         """Grow the first conv by ``extra_channels`` input channels with zero weights (Sec. 4).
@@ -792,147 +784,6 @@ class STUNet(ModelMixin, ConfigMixin):
         if not return_dict:
             return (output,)
         return STUNetOutput(sample=output)
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading: a saved STUNet is checked against its config before diffusers reads it.
-# ---------------------------------------------------------------------------------------------
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    """The weight files (and shard indexes) diffusers wrote into ``directory``."""
-    return sorted(
-        p
-        for p in directory.iterdir()
-        if p.is_file() and (p.name.endswith(_WEIGHT_SUFFIXES) or p.name.endswith(".index.json"))
-    )
-
-
-def _safetensors_files(directory: Path, variant: str | None) -> list[Path]:
-    """The safetensors file(s) ``from_pretrained`` will read: one file, or the shards of an index."""
-    name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"
-    if (directory / name).is_file():
-        return [directory / name]
-    index = directory / f"{name}.index.json"
-    if index.is_file():
-        try:
-            shards = json.loads(index.read_text())["weight_map"].values()
-        except (json.JSONDecodeError, KeyError, AttributeError) as error:
-            raise CheckpointError(f"shard index {index} is corrupted: {error}") from error
-        return [directory / shard for shard in sorted(set(shards))]
-    return []  # .bin weights or none: diffusers reports what it finds
-
-
-def _saved_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, read from the safetensors headers (no tensor data is loaded)."""
-    shapes = {}
-    for file in files:
-        if not file.is_file():
-            raise CheckpointError(f"weights file {file} is missing")
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(
-                f"weights file {file} is truncated or corrupted ({error}); save or copy it again"
-            ) from error
-    return shapes
-
-
-def _count(shapes: dict[str, tuple[int, ...]], pattern: str) -> int:
-    """How many distinct indices ``(\\d+)`` in ``pattern`` occur among the tensor names."""
-    regex = re.compile(pattern)
-    return len({m.group(1) for key in shapes if (m := regex.fullmatch(key))})
-
-
-def _config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """Config values that the saved tensors fix, by config key (keys whose tensors are absent are
-    left out): what names the key when a config.json and its weights disagree."""
-    found: dict[str, Any] = {}
-    levels = _count(shapes, r"down_blocks\.(\d+)\.spatial\.resnets\.0\.conv1\.weight")
-    if levels:
-        found["unet_config.block_out_channels"] = [
-            shapes[f"down_blocks.{i}.spatial.resnets.0.conv1.weight"][0] for i in range(levels)
-        ]
-        found["unet_config.layers_per_block"] = _count(
-            shapes, r"down_blocks\.0\.spatial\.resnets\.(\d+)\.conv1\.weight"
-        )
-    if "conv_in.weight" in shapes:
-        found["unet_config.in_channels + extra_in_channels"] = shapes["conv_in.weight"][1]
-    if "conv_out.weight" in shapes:
-        found["unet_config.out_channels"] = shapes["conv_out.weight"][0]
-    text = [shape[1] for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")]
-    if text:
-        found["unet_config.cross_attention_dim"] = text[0]
-    found["temporal_attention_layers"] = _count(
-        shapes, r"mid_block\.temporal_attentions\.(\d+)\.proj_out\.weight"
-    )
-    kernel = shapes.get("down_blocks.0.temporal_convs.0.temporal_conv.weight")
-    if kernel is not None:
-        found["temporal_kernel_size"] = kernel[2]
-    found["noise_level_conditioning"] = any(key.startswith("noise_level_embedding.") for key in shapes)
-    return found
-
-
-def _config_values(config: dict[str, Any]) -> dict[str, Any]:
-    """The same keys as ``_config_from_shapes``, as ``config.json`` states them."""
-    unet = config.get("unet_config", {})
-    cross = unet.get("cross_attention_dim")
-    input_channels = unet.get("in_channels", 4) + config.get("extra_in_channels", 0)
-    layers = unet.get("layers_per_block")
-    return {
-        "unet_config.block_out_channels": list(unet.get("block_out_channels", ())),
-        "unet_config.layers_per_block": layers[0] if isinstance(layers, (list, tuple)) else layers,
-        "unet_config.in_channels + extra_in_channels": input_channels,
-        "unet_config.out_channels": unet.get("out_channels"),
-        "unet_config.cross_attention_dim": cross[0] if isinstance(cross, (list, tuple)) else cross,
-        "temporal_attention_layers": config.get("temporal_attention_layers"),
-        "temporal_kernel_size": config.get("temporal_kernel_size"),
-        "noise_level_conditioning": bool(config.get("noise_level_conditioning")),
-    }
-
-
-def check_saved_stunet(directory: str | os.PathLike, variant: str | None = None) -> None:
-    """Raise if a saved STUNet directory cannot give back the saved model.
-
-    ``CheckpointError`` (naming the file) for a weight file that fails its checksum or is not a
-    whole safetensors file; ``ValueError`` (naming the config key where it can tell, else the
-    tensor) when ``config.json`` describes another network than the weights hold.
-    """
-    directory = Path(directory)
-    verify_checksums(directory)
-    files = _safetensors_files(directory, variant)
-    config_path = directory / STUNet.config_name
-    if not files or not config_path.is_file():
-        return  # diffusers reports the missing file
-    saved = _saved_shapes(files)
-    config = STUNet.load_config(directory)  # diffusers names config.json if it is not valid JSON
-    where = f"{config_path} does not match the weights in {files[0] if len(files) == 1 else directory}"
-    stated, inferred = _config_values(config), _config_from_shapes(saved)
-    for key, value in inferred.items():
-        if stated.get(key) != value:
-            raise ValueError(
-                f"{where}: config key {key} is {stated.get(key)!r} but the weights were saved with {value!r}"
-            )
-    with torch.device("meta"):  # shapes only: no memory is allocated
-        expected = {k: tuple(v.shape) for k, v in STUNet.from_config(config).state_dict().items()}
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    wrong = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
-    if wrong:
-        key = wrong[0]
-        raise ValueError(
-            f"{where}: tensor {key} is {saved[key]} in the weights but {expected[key]} in the network "
-            f"config.json builds ({len(wrong)} tensors differ); was config.json edited or copied from another model?"
-        )
-    if missing or unexpected:
-        raise ValueError(
-            f"{where}: config.json builds {len(missing)} tensors the weights lack (e.g. {missing[:2]}) and the "
-            f"weights hold {len(unexpected)} it does not build (e.g. {unexpected[:2]})"
-        )
 
 
 def _widened_conv(conv: nn.Conv2d, extra_channels: int) -> nn.Conv2d:

@@ -31,6 +31,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from lumiere.checkpoint import read_json_object
+
 logger = logging.getLogger(__name__)
 
 NULL_PROMPT = ""  # the unconditional input of classifier-free guidance
@@ -205,12 +207,7 @@ class TextEncoder(nn.Module):
             raise FileNotFoundError(
                 f"{path} not found: not a directory written by TextEncoder.save_pretrained"
             )
-        try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is corrupted (not valid JSON: {error})") from error
-        if not isinstance(config, dict):
-            raise ValueError(f"{path} is corrupted: expected a JSON object, got {type(config).__name__}")
+        config = read_json_object(path)
         kind = config.get("kind")
         if kind not in ENCODER_KINDS:
             raise ValueError(f"{path}: unknown text encoder kind {kind!r}; known: {sorted(ENCODER_KINDS)}")

@@ -26,6 +26,7 @@ Axis legend:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -49,13 +50,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from lumiere.models.conditional import (
-    CONDITION_CHANNELS,
-    MaskCondition,
-    empty_condition,
-    is_conditional_stunet,
-    make_mask_condition,
-)
+from lumiere.models.conditional import MaskCondition, is_conditional_stunet
 from lumiere.models.ssr import (
     SAMPLING_NOISE_LEVEL,
     SSRCondition,
@@ -66,7 +61,8 @@ from lumiere.models.ssr import (
 )
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
-from lumiere.pipelines.inputs import ImageInput, MaskInput, VideoInput, load_image, load_mask, load_video
+from lumiere.pipelines.conditioning import Conditioning, KnownPixels, prepare_conditioning
+from lumiere.pipelines.inputs import ImageInput, MaskInput, VideoInput
 from lumiere.pipelines.memory import check_sampling_memory
 from lumiere.pipelines.multidiffusion import (
     DEFAULT_OVERLAP,
@@ -81,7 +77,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 MODEL_INDEX = "model_index.json"  # DiffusionPipeline.config_name
 OUTPUT_TYPES = ("np", "pt", "pil")
-SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (configs/ssr_default.yaml)
+SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (configs/recipe/12_ssr.yaml)
 
 # Samplers by CLI name: scheduler class and the arguments that make it that sampler.
 # "trailing" spacing starts sampling at the last training timestep, i.e. from pure noise
@@ -312,74 +308,6 @@ class LumierePipeline(DiffusionPipeline):
 
     # ----- steps of __call__ ------------------------------------------------------------------
 
-    def prepare_conditioning_inputs(
-        self,
-        image: ImageInput | None,
-        video: VideoInput | None,
-        mask: MaskInput | None,
-        strength: float | None,
-        num_frames: int | None,
-        height: int,
-        width: int,
-    ) -> ConditioningInputs:
-        """Read and check image / video / mask / strength; decide the task (Sec. 4).
-
-        Returns the clip length and, for conditioned tasks, the conditioning clip ``[3, f, h, w]``
-        in [-1, 1] and the known-mask ``[f, h, w]`` (1 = given pixel). Raises ``ValueError``
-        naming the argument for combinations that mean nothing or masks that do not fit.
-        """
-        if image is not None and video is not None:
-            raise ValueError(
-                "give image= or video=, not both (image: image-to-video/cinemagraph; video: inpainting/SDEdit)"
-            )
-        if mask is not None and image is None and video is None:
-            raise ValueError("mask= needs video= (inpainting) or image= (cinemagraph)")
-        if strength is not None and (video is None or mask is not None):
-            raise ValueError("strength= applies to video-to-video only: give video= without mask=")
-        if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)):
-            raise ValueError(f"num_frames={num_frames!r}: must be a positive integer")
-
-        if image is None and video is None:
-            return ConditioningInputs("text-to-video", 16 if num_frames is None else num_frames)
-        if video is not None:
-            clip = load_video(video, height, width)  # [3, f, h, w]
-            frames = clip.shape[1]
-            if num_frames is not None and num_frames != frames:
-                raise ValueError(
-                    f"num_frames={num_frames} but the video has {frames} frames; leave num_frames out "
-                    "to use the video's length, or trim the video"
-                )
-            if mask is None:
-                strength = 0.6 if strength is None else strength
-                if (
-                    isinstance(strength, bool)
-                    or not isinstance(strength, (int, float))
-                    or not 0 < strength <= 1
-                ):
-                    raise ValueError(
-                        f"strength={strength!r}: must be in (0, 1] (0.6 is typical; 1 re-generates from pure noise)"
-                    )
-                return ConditioningInputs("video-to-video", frames, clip=clip, strength=float(strength))
-            region = load_mask(mask, frames, height, width)  # [f, h, w]
-            _check_mask_covers(
-                region, "inpainting", "the video is returned unchanged", "text-to-video (no video=)"
-            )
-            return ConditioningInputs("inpainting", frames, clip=clip, known=1 - region)
-
-        frames = 16 if num_frames is None else num_frames
-        if frames < 1:
-            raise ValueError(f"num_frames={frames}: must be >= 1")
-        still = load_image(image, height, width)[:, None].expand(3, frames, height, width)  # [3, f, h, w]
-        known = torch.zeros(frames, height, width)
-        if mask is None:
-            known[0] = 1  # the image is the first frame
-            return ConditioningInputs("image-to-video", frames, clip=still.contiguous(), known=known)
-        region = load_mask(mask, frames, height, width)
-        _check_mask_covers(region, "cinemagraph", "nothing moves", "image-to-video (no mask=)")
-        known = 1 - region
-        known[0] = 1  # the first frame is the image itself
-        return ConditioningInputs("cinemagraph", frames, clip=still.contiguous(), known=known)
-
     def sdedit_timesteps(self, num_inference_steps: int, strength: float) -> torch.Tensor:
         """The last ``round(strength * num_inference_steps)`` (at least 1) timesteps of the scheduler (SDEdit).
 
@@ -404,6 +332,7 @@ class LumierePipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         output_type: str,
         window: int | None = None,
+        overlap: int | None = None,
     ) -> list[str]:
         """Raise ``ValueError`` naming the bad argument and what it accepts; return the prompts."""
         if self.stunet is None:
@@ -428,6 +357,10 @@ class LumierePipeline(DiffusionPipeline):
                     f"negative_prompt has {len(negative_prompt)} entries for {len(prompts)} prompts; "
                     "give one string, or one per prompt"
                 )
+        if window is None and overlap is not None:
+            raise ValueError(
+                f"overlap={overlap} is given without window; overlap applies to base windows only"
+            )
         factor = self.stunet.temporal_factor
         if window is not None and window % factor:
             raise ValueError(
@@ -504,10 +437,7 @@ class LumierePipeline(DiffusionPipeline):
                 )
             sample = noise.to(device=device, dtype=torch.float32)
         else:
-            batch = shape[0]
-            generators = generator if isinstance(generator, (list, tuple)) else [generator] * batch
-            clips = [_randn((1, *shape[1:]), g, device) for g in generators]  # [1, c, f, h, w] each
-            sample = torch.cat(clips)
+            sample = _randn_per_clip(shape, generator, device)
         return sample * self.scheduler.init_noise_sigma
 
     def predict(
@@ -645,20 +575,15 @@ class LumierePipeline(DiffusionPipeline):
     def check_ssr_inputs(
         self,
         num_frames: int,
-        height: int,
-        width: int,
-        window: int | None,
-        overlap: int,
-        chunk_size: int,
-        num_inference_steps: int,
-        guidance_scale: float,
-        noise_level: int,
+        height: int,  # output (upsampled) height
+        width: int,  # output (upsampled) width
+        options: SSROptions,
         names: Mapping[str, str] | None = None,  # argument names as the caller spells them
     ) -> list[slice] | None:
         """Raise ``ValueError`` naming the bad argument; return the SSR's temporal windows (None:
-        the whole clip in one pass). A clip no longer than ``window`` is a single window."""
-        keys = ("window", "overlap", "chunk_size", "num_inference_steps", "guidance_scale", "noise_level")
-        name = {key: key for key in keys} | dict(names or {})
+        the whole clip in one pass). A clip no longer than ``options.window`` is a single window.
+        ``names`` maps ``SSROptions`` fields to the caller's arguments (default: ``ssr_window``, ...)."""
+        name = {field: SSROptions.argument(field) for field in SSROptions.fields()} | dict(names or {})
         if self.ssr is None:
             raise ValueError("this pipeline has no SSR model (ssr is None); load one that has an ssr/ folder")
         space = self.ssr.spatial_factor
@@ -668,45 +593,58 @@ class LumierePipeline(DiffusionPipeline):
                     f"{label}={size // self.ssr_scale} upsampled x{self.ssr_scale} is {size}, which the SSR model "
                     f"cannot take: the output {label} must be a positive multiple of {space}"
                 )
+        chunk_size, steps, guidance_scale = options.chunk_size, options.steps, options.guidance_scale
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(
                 f"{name['chunk_size']}={chunk_size!r}: must be an integer >= 1 (windows per call)"
             )
-        if num_inference_steps < 1:
-            raise ValueError(f"{name['num_inference_steps']}={num_inference_steps}: must be >= 1")
+        if steps < 1:
+            raise ValueError(f"{name['steps']}={steps}: must be >= 1")
         if guidance_scale < 0:
             raise ValueError(
                 f"{name['guidance_scale']}={guidance_scale}: must be >= 0 (<= 1 means no guidance)"
             )
-        levels = len(_alphas_cumprod(self.scheduler))
+        levels, noise_level = len(_alphas_cumprod(self.scheduler)), options.noise_level
         if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level < levels:
             raise ValueError(
                 f"{name['noise_level']}={noise_level!r}: must be an integer timestep in [0, {levels - 1}] "
                 f"(augmentation of the low-res clip; default {SAMPLING_NOISE_LEVEL})"
             )
-        if window is None:
-            return None
-        check_window(window, overlap, names=(name["window"], name["overlap"]))
-        if window >= num_frames:
-            return [slice(0, num_frames)]
-        return temporal_windows(num_frames, window, overlap)
+        return _windows(num_frames, options.window, options.overlap, (name["window"], name["overlap"]))
+
+    def check_ssr_memory(
+        self, num_clips: int, num_frames: int, height: int, width: int, options: SSROptions
+    ) -> None:
+        """Refuse (``InsufficientMemoryError``) an SSR pass at output size ``height x width`` that
+        cannot fit, before anything is allocated (``lumiere.pipelines.memory``)."""
+        check_sampling_memory(
+            self.ssr,
+            num_clips,
+            num_frames,
+            height,
+            width,
+            options.guidance_scale > 1.0,
+            self._execution_device,
+            window=options.window,
+            chunk_size=options.chunk_size,
+            text_tokens=self.text_encoder.max_length,
+            name="the SSR model",
+        )
 
     def super_resolve(
         self,
         low_res: torch.Tensor,
         cond: TextEncoding,
         uncond: TextEncoding | None,
-        guidance_scale: float,
-        num_inference_steps: int,
-        noise_level: int,
+        options: SSROptions,  # steps resolved (not None)
         windows: Sequence[slice] | None,
-        chunk_size: int,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
-        """SSR sampling: low-res clip ``[b, 3, f, h, w]`` in [-1, 1] -> high-res ``[b, 3, f, H, W]``.
+        """SSR sampling (Sec. 3.2): low-res clip ``[b, 3, f, h, w]`` in [-1, 1] -> high-res
+        ``[b, 3, f, H, W]``, MultiDiffusion over ``windows``.
 
         Draws, per clip from its generator: the initial noise, then the augmentation noise of the
-        low-res clip (fixed level ``noise_level`` for every clip).
+        low-res clip (fixed level ``options.noise_level`` for every clip).
         """
         device = self._execution_device
         batch, _, num_frames, height, width = low_res.shape
@@ -714,20 +652,14 @@ class LumierePipeline(DiffusionPipeline):
         shape = (batch, self.ssr.out_channels, num_frames, *size)
 
         # 1. Timesteps and initial noise [b, c, f, H, W].
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(options.steps, device=device)
         sample = self.prepare_noise(shape, generator, None, device)
 
         # 2. Conditioning: the upsampled low-res clip, noise-augmented at a fixed level.
-        generators = generator if isinstance(generator, (list, tuple)) else [generator] * batch
-        augmentation = torch.cat([_randn((1, 3, *shape[2:]), g, device) for g in generators])
-        levels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
-        condition = make_condition(
-            low_res.to(device=device, dtype=torch.float32),
-            size,
-            levels,
-            augmentation,
-            _alphas_cumprod(self.scheduler),
-        )
+        augmentation = _randn_per_clip((batch, 3, *shape[2:]), generator, device)
+        levels = torch.full((batch,), options.noise_level, dtype=torch.long, device=device)
+        low_res = low_res.to(device=device, dtype=torch.float32)
+        condition = make_condition(low_res, size, levels, augmentation, _alphas_cumprod(self.scheduler))
         del augmentation
 
         # 3. Denoising, window by window at every step (of the detail over bilinear, for a residual SSR).
@@ -735,16 +667,16 @@ class LumierePipeline(DiffusionPipeline):
             sample,
             cond,
             uncond,
-            guidance_scale,
+            options.guidance_scale,
             generator,
             None,
             model=self.ssr,
             condition=condition,
             windows=windows,
-            chunk_size=chunk_size,
+            chunk_size=options.chunk_size,
         )
         if self.ssr_residual:
-            sample = sample + upsample_video(low_res.to(device=device, dtype=sample.dtype), size)
+            sample = sample + upsample_video(low_res.to(dtype=sample.dtype), size)
         return sample
 
     @torch.no_grad()
@@ -770,69 +702,26 @@ class LumierePipeline(DiffusionPipeline):
         ``chunk_size`` windows for any clip length. Returns ``LumierePipelineOutput(frames)`` with
         frames ``[b, f, h * ssr_scale, w * ssr_scale, 3]`` in [0, 1], as ``pipe(...)`` does.
         """
-        # 0. Input checks.
+        # 1. Check inputs.
         low_res = _video_to_tensor(video)  # [b, 3, f, h, w] in [-1, 1]
         batch, _, num_frames, height, width = low_res.shape
         prompts = _check_prompts(prompt)
-        if len(prompts) == 1:
-            prompts = prompts * batch
-        if len(prompts) != batch:
-            raise ValueError(
-                f"prompt has {len(prompts)} entries for {batch} clips; give one string, or one per clip"
-            )
-        if (
-            negative_prompt is not None
-            and not isinstance(negative_prompt, str)
-            and len(negative_prompt) != batch
-        ):
-            raise ValueError(
-                f"negative_prompt has {len(negative_prompt)} entries for {batch} clips; give one string, or one per clip"
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
-        if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise ValueError(
-                f"generator is a list of {len(generator)}; give one generator per clip ({batch}) or one"
-            )
-        windows = self.check_ssr_inputs(
-            num_frames,
-            height * self.ssr_scale,
-            width * self.ssr_scale,
-            window,
-            overlap,
-            chunk_size,
-            num_inference_steps,
-            guidance_scale,
-            noise_level,
-        )
+        prompts = prompts * batch if len(prompts) == 1 else prompts
+        _check_per_clip(prompts, negative_prompt, generator, output_type, batch, "clips")
+        options = SSROptions(window, overlap, chunk_size, num_inference_steps, guidance_scale, noise_level)
+        names = {field: field for field in SSROptions.fields()} | {"steps": "num_inference_steps"}
+        size = (height * self.ssr_scale, width * self.ssr_scale)
+        windows = self.check_ssr_inputs(num_frames, *size, options, names=names)
+        self.check_ssr_memory(batch, num_frames, *size, options)
 
-        # 1. Text states per clip (after a memory check of the SSR pass).
-        device = self._execution_device
-        check_sampling_memory(self.ssr, batch, num_frames, height * self.ssr_scale, width * self.ssr_scale,
-                              guidance_scale > 1.0, device, window=window, chunk_size=chunk_size,
-                              text_tokens=self.text_encoder.max_length, name="the SSR model")  # fmt: skip
-        do_guidance = guidance_scale > 1.0
-        cond, uncond = self.encode_prompt(prompts, negative_prompt, 1, do_guidance, device)
-
-        # 2. SSR with MultiDiffusion over time.
-        sample = self.super_resolve(
-            low_res,
-            cond,
-            uncond,
-            guidance_scale,
-            num_inference_steps,
-            noise_level,
-            windows,
-            chunk_size,
-            generator,
+        # 2. Text states per clip, then SSR with MultiDiffusion over time.
+        cond, uncond = self.encode_prompt(
+            prompts, negative_prompt, 1, guidance_scale > 1.0, self._execution_device
         )
+        sample = self.super_resolve(low_res, cond, uncond, options, windows, generator)
 
         # 3. Frames.
-        frames = self.postprocess(sample, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (frames,)
-        return LumierePipelineOutput(frames=frames)
+        return self._output(sample, output_type, return_dict)
 
     # ----- call -------------------------------------------------------------------------------
 
@@ -852,27 +741,22 @@ class LumierePipeline(DiffusionPipeline):
         output_type: str = "np",  # "np", "pt" or "pil"
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,  # (step, timestep, sample)
         return_dict: bool = True,
-        window: int
-        | None = None,  # base windows (MultiDiffusion) for clips longer than training; None: one pass
+        window: int | None = None,  # base windows (MultiDiffusion) beyond the training length; None: one pass
         overlap: int | None = None,  # frames shared by base windows; default window // 2
         chunk_size: int = 1,  # base windows per network call
         upsample: bool = True,  # run the SSR model after the base model, when the pipeline has one
-        ssr_window: int | None = SSR_WINDOW,  # SSR frames per temporal window; None: the whole clip at once
-        ssr_overlap: int = DEFAULT_OVERLAP,  # frames shared by SSR windows (paper: 2)
-        ssr_chunk_size: int = 1,  # SSR windows per network call
-        ssr_steps: int | None = None,  # SSR denoising steps; default num_inference_steps
-        ssr_guidance_scale: float = 1.0,  # SSR guidance (the low-res clip fixes the content)
-        ssr_noise_level: int = SAMPLING_NOISE_LEVEL,  # augmentation of the base clip fed to the SSR
+        ssr_options: SSROptions | None = None,  # the SSR pass (default SSROptions()); or ssr_window=, ...
         image: ImageInput | None = None,  # image-to-video (first frame), or cinemagraph with mask
         video: VideoInput | None = None,  # inpainting with mask, or video-to-video (SDEdit) without
         mask: MaskInput | None = None,  # [h, w] or [f, h, w]: 1 = region to generate / animate
         strength: float | None = None,  # SDEdit: how much of the video is re-generated, (0, 1]; default 0.6
         keep_known: bool = True,  # re-impose the given pixels (first frame, unmasked region) at every step
+        **ssr_kwargs: Any,  # ssr_window=, ssr_overlap=, ssr_chunk_size=, ssr_steps=, ssr_guidance_scale=, ...
     ) -> LumierePipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` clips of ``num_frames`` frames.
 
-        Conditioning (Sec. 4; ``lumiere.models.conditional``; inputs as ``lumiere.pipelines.inputs``
-        accepts them: PIL, numpy in [0, 1] or uint8, file paths):
+        Conditioning (Sec. 4; ``lumiere.pipelines.conditioning``; inputs as
+        ``lumiere.pipelines.inputs`` accepts them: PIL, numpy in [0, 1] or uint8, file paths):
 
         - nothing: text-to-video;
         - ``image``: image-to-video, the image is the first frame;
@@ -883,6 +767,7 @@ class LumierePipeline(DiffusionPipeline):
           level ``strength`` and denoised with the prompt (0: unchanged, 1: from pure noise).
 
         The first three need a conditional model (stage ``conditional``); SDEdit works with any.
+        A mask has the generated size or that of the image / video given (resized with it).
         ``keep_known`` re-imposes the given pixels, noised to the current level, after every
         denoising step and exactly at the end (the model is trained to reproduce them; this makes
         them exact and keeps the generated part consistent with them). ``keep_known=False``
@@ -891,166 +776,127 @@ class LumierePipeline(DiffusionPipeline):
         The base model denoises the whole clip at once (or, with ``window``, overlapping windows
         reconciled by MultiDiffusion: coherent within a window, only continuous across windows;
         see the module docstring). Then, if the pipeline has an SSR model and ``upsample`` is
-        True, the SSR model upsamples it ``ssr_scale`` times with MultiDiffusion over
-        ``ssr_window``-frame windows.
+        True, the SSR model upsamples it ``ssr_scale`` times with MultiDiffusion over temporal
+        windows (``SSROptions``; the flat ``ssr_window=`` ... keywords build one).
 
         Returns ``LumierePipelineOutput(frames)`` (``[b, f, h, w, 3]`` in [0, 1]), or ``(frames,)``
         when ``return_dict`` is False. Same generator seeds give the same clips, whatever else is
         in the batch (up to float rounding). ``callback`` sees the base model's steps.
         """
-        # 0. Defaults and input checks.
+        # 1. Check inputs; read the image / video / mask into the conditioning (Sec. 4).
+        height, width = self._base_size(height, width)
+        conditioning = prepare_conditioning(
+            image, video, mask, strength, keep_known, num_frames, height, width
+        )
+        num_frames = conditioning.num_frames
+        prompts = self.check_inputs(prompt, num_frames, height, width, num_inference_steps, guidance_scale,
+                                    negative_prompt, num_videos_per_prompt, generator, output_type, window, overlap)  # fmt: skip
+        conditional = is_conditional_stunet(self.stunet)
+        conditioning.check_model(conditional, self.stunet.in_channels - self.stunet.out_channels)
+        windows = _windows(num_frames, window, overlap)
+        num_clips = len(prompts) * num_videos_per_prompt
+        ssr = self._plan_ssr(upsample, ssr_options, ssr_kwargs, num_clips, num_frames, height, width,
+                             num_inference_steps)  # fmt: skip
+        check_sampling_memory(self.stunet, num_clips, num_frames, height, width, guidance_scale > 1.0,
+                              self._execution_device, window=window, chunk_size=chunk_size,
+                              text_tokens=self.text_encoder.max_length)  # fmt: skip
+        device = self._execution_device
+
+        # 2. Encode the text: conditional and (with guidance) unconditional states per clip.
+        cond, uncond = self.encode_prompt(
+            prompts, negative_prompt, num_videos_per_prompt, guidance_scale > 1.0, device
+        )
+
+        # 3. Timesteps and initial noise [b, c, f, h, w]; SDEdit: the last `strength` of the
+        #    timesteps, starting from the input video noised to the first of them.
+        shape = (num_clips, self.stunet.out_channels, num_frames, height, width)
+        timesteps, sample = self.prepare_timesteps_and_noise(shape, conditioning, num_inference_steps,
+                                                             generator, noise, device)  # fmt: skip
+
+        # 4. Conditions: the conditional model's masked clip and mask; the pixels to keep.
+        condition = conditioning.model_condition(shape, device) if conditional else None
+        known_pixels = None
+        if conditioning.keeps_pixels:  # its noise is drawn after the initial noise, from the same generators
+            known_pixels = conditioning.known_pixels(
+                _randn_per_clip((num_clips, *shape[1:]), generator, device)
+            )
+
+        # 5. Sample the base clip: the whole clip at once (the base model sees every frame), or windows.
+        sample = self.denoise(sample, cond, uncond, guidance_scale, generator, callback, condition=condition,
+                              windows=windows, chunk_size=chunk_size, timesteps=timesteps,
+                              known_pixels=known_pixels)  # fmt: skip
+        if known_pixels is not None:  # exact after the last step (also for a final step that is not 0)
+            sample = known_pixels.impose(sample, self.scheduler, timesteps[:0])
+
+        # 6. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
+        if ssr is not None:
+            options, ssr_windows = ssr
+            ssr_cond, ssr_uncond = self.encode_prompt(prompts, negative_prompt, num_videos_per_prompt,
+                                                      options.guidance_scale > 1.0, device)  # fmt: skip
+            sample = self.super_resolve(
+                sample.clamp(-1, 1), ssr_cond, ssr_uncond, options, ssr_windows, generator
+            )
+
+        # 7. Decode: frames [b, f, h, w, 3] in [0, 1].
+        return self._output(sample, output_type, return_dict)
+
+    # ----- steps of __call__ (continued) ------------------------------------------------------
+
+    def _base_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """(height, width) of the base clip: as given, else the STUNet's sample size."""
         if self.stunet is None:
             raise ValueError(
                 "this pipeline has no base stunet (an upsampling-only pipeline): use pipe.upsample(video, prompt)"
             )
         default_height, default_width = _sample_size(self.stunet)
-        height = default_height if height is None else height
-        width = default_width if width is None else width
-        inputs = self.prepare_conditioning_inputs(image, video, mask, strength, num_frames, height, width)
-        num_frames = inputs.num_frames
-        prompts = self.check_inputs(
-            prompt,
-            num_frames,
-            height,
-            width,
-            num_inference_steps,
-            guidance_scale,
-            negative_prompt,
-            num_videos_per_prompt,
-            generator,
-            output_type,
-            window=window,
-        )
-        conditional = is_conditional_stunet(self.stunet)
-        if self.stunet.in_channels != self.stunet.out_channels and not conditional:
-            raise ValueError(
-                f"this STUNet takes {self.stunet.in_channels - self.stunet.out_channels} extra input channels "
-                f"but a conditional base model takes {CONDITION_CHANNELS} (masked clip and mask)"
-            )
-        if inputs.known is not None and not conditional:
-            raise ValueError(
-                f"{inputs.task} needs a conditional model (stage 'conditional', {CONDITION_CHANNELS} extra input "
-                "channels); this pipeline's stunet is text-to-video only. Video-to-video (video= without "
-                "mask=) works with any model"
-            )
-        windows = None
-        if window is not None:
-            overlap = window // 2 if overlap is None else overlap
-            check_window(window, overlap)
-            windows = (
-                [slice(0, num_frames)]
-                if window >= num_frames
-                else temporal_windows(num_frames, window, overlap)
-            )
-        elif overlap is not None:
-            raise ValueError(
-                f"overlap={overlap} is given without window; overlap applies to base windows only"
-            )
-        run_ssr = upsample and self.ssr is not None
-        ssr_steps = num_inference_steps if ssr_steps is None else ssr_steps
-        if run_ssr:
-            ssr_windows = self.check_ssr_inputs(
-                num_frames,
-                height * self.ssr_scale,
-                width * self.ssr_scale,
-                ssr_window,
-                ssr_overlap,
-                ssr_chunk_size,
-                ssr_steps,
-                ssr_guidance_scale,
-                ssr_noise_level,
-                names={
-                    "window": "ssr_window",
-                    "overlap": "ssr_overlap",
-                    "chunk_size": "ssr_chunk_size",
-                    "num_inference_steps": "ssr_steps",
-                    "guidance_scale": "ssr_guidance_scale",
-                    "noise_level": "ssr_noise_level",
-                },
-            )
-        device = self._execution_device
-        do_guidance = guidance_scale > 1.0
-        num_clips = len(prompts) * num_videos_per_prompt
-        check_sampling_memory(self.stunet, num_clips, num_frames, height, width, do_guidance, device,
-                              window=window, chunk_size=chunk_size, text_tokens=self.text_encoder.max_length)  # fmt: skip
-        if run_ssr:
-            check_sampling_memory(self.ssr, num_clips, num_frames, height * self.ssr_scale, width * self.ssr_scale,
-                                  ssr_guidance_scale > 1.0, device, window=ssr_window, chunk_size=ssr_chunk_size,
-                                  text_tokens=self.text_encoder.max_length, name="the SSR model")  # fmt: skip
+        return (default_height if height is None else height), (default_width if width is None else width)
 
-        # 1. Text states per clip: conditional and (with guidance) unconditional.
-        cond, uncond = self.encode_prompt(
-            prompts, negative_prompt, num_videos_per_prompt, do_guidance, device
-        )
+    def _plan_ssr(
+        self,
+        upsample: bool,
+        options: SSROptions | None,
+        flat: Mapping[str, Any],
+        num_clips: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+    ) -> tuple[SSROptions, list[slice] | None] | None:
+        """The SSR pass's checked options (steps resolved) and windows; None when it does not run."""
+        options = SSROptions.from_call(options, flat)
+        if not (upsample and self.ssr is not None):
+            return None
+        if options.steps is None:
+            options = dataclasses.replace(options, steps=num_inference_steps)
+        size = (height * self.ssr_scale, width * self.ssr_scale)
+        windows = self.check_ssr_inputs(num_frames, *size, options)
+        self.check_ssr_memory(num_clips, num_frames, *size, options)
+        return options, windows
 
-        # 2. Timesteps (SDEdit: only the last ``strength`` of them).
+    def prepare_timesteps_and_noise(
+        self,
+        shape: tuple[int, int, int, int, int],
+        conditioning: Conditioning,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        noise: torch.Tensor | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timesteps to run and the initial sample ``[b, c, f, h, w]``: noise, or for SDEdit
+        the input video noised to the first of the last ``strength`` timesteps."""
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        if inputs.task == "video-to-video":
-            timesteps = self.sdedit_timesteps(num_inference_steps, inputs.strength)
-
-        # 3. Initial noise [b, c, f, h, w]; SDEdit: the input video noised to the first timestep.
-        shape = (num_clips, self.stunet.out_channels, num_frames, height, width)
         sample = self.prepare_noise(shape, generator, noise, device)
-        if inputs.task == "video-to-video":
-            clean = inputs.clip.to(device)[None].expand(shape)  # [b, 3, f, h, w]
+        if conditioning.is_sdedit:
+            timesteps = self.sdedit_timesteps(num_inference_steps, conditioning.strength)
+            clean = conditioning.clip.to(device)[None].expand(shape)  # [b, 3, f, h, w]
             sample = self.scheduler.add_noise(clean, sample / self.scheduler.init_noise_sigma, timesteps[:1])
+        return timesteps, sample
 
-        # 4. Conditioning of a conditional model: masked clip and known-mask (nothing known: t2v).
-        base_condition = None
-        if conditional:
-            base_condition = empty_condition(shape, device=device)
-            if inputs.known is not None:
-                base_condition = make_mask_condition(
-                    inputs.clip.to(device)[None].expand(shape),
-                    inputs.known.to(device)[None, None].expand(num_clips, 1, *shape[2:]),
-                )
-
-        # 5. Denoising loop: the whole clip at once (the base model sees every frame), or windows;
-        #    with keep_known, the given pixels are re-imposed after every step.
-        known_pixels = None
-        if keep_known and inputs.known is not None:
-            generators = generator if isinstance(generator, (list, tuple)) else [generator] * num_clips
-            known_pixels = KnownPixels(
-                clip=inputs.clip.to(device)[None],
-                known=inputs.known.to(device)[None, None],
-                noise=torch.cat([_randn((1, *shape[1:]), g, device) for g in generators]),
-            )
-        sample = self.denoise(
-            sample,
-            cond,
-            uncond,
-            guidance_scale,
-            generator,
-            callback,
-            condition=base_condition,
-            windows=windows,
-            chunk_size=chunk_size,
-            timesteps=timesteps,
-            known_pixels=known_pixels,
-        )
-        if known_pixels is not None:  # exact after the last step (also for a final step that is not 0)
-            sample = known_pixels.impose(sample, self.scheduler, timesteps[:0])
-
-        # 6. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
-        if run_ssr:
-            ssr_guidance = ssr_guidance_scale > 1.0
-            ssr_cond, ssr_uncond = self.encode_prompt(
-                prompts, negative_prompt, num_videos_per_prompt, ssr_guidance, device
-            )
-            sample = self.super_resolve(
-                sample.clamp(-1, 1),
-                ssr_cond,
-                ssr_uncond,
-                ssr_guidance_scale,
-                ssr_steps,
-                ssr_noise_level,
-                ssr_windows,
-                ssr_chunk_size,
-                generator,
-            )
-
-        # 7. Frames.
+    def _output(
+        self, sample: torch.Tensor, output_type: str, return_dict: bool
+    ) -> LumierePipelineOutput | tuple:
+        """The call's result: frames of ``output_type``, typed (or a tuple); model hooks freed."""
         frames = self.postprocess(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -1059,48 +905,93 @@ class LumierePipeline(DiffusionPipeline):
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers
+# Options and helpers
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class KnownPixels:
-    """Given pixels to re-impose during sampling: clip ``[1, 3, f, h, w]`` in [-1, 1], known-mask
-    ``[1, 1, f, h, w]`` (1 = given) and a fixed noise ``[b, 3, f, h, w]`` to noise them with."""
+@dataclass(frozen=True)
+class SSROptions:
+    """The SSR pass of ``LumierePipeline.__call__`` (Sec. 3.2): MultiDiffusion over temporal windows.
 
-    clip: torch.Tensor
-    known: torch.Tensor
-    noise: torch.Tensor
+    ``pipe(prompt, ssr_options=SSROptions(window=4))``; the flat keywords ``ssr_window=``,
+    ``ssr_overlap=``, ``ssr_chunk_size=``, ``ssr_steps=``, ``ssr_guidance_scale=`` and
+    ``ssr_noise_level=`` build one.
+    """
 
-    def impose(self, sample: torch.Tensor, scheduler: SchedulerMixin, timestep: torch.Tensor) -> torch.Tensor:
-        """``sample`` with the known pixels replaced by the clip noised to ``timestep`` (a 1-element
-        tensor; empty: the clean clip)."""
-        clip = self.clip.expand_as(sample)
-        if len(timestep):
-            clip = scheduler.add_noise(clip, self.noise, timestep.reshape(1).expand(sample.shape[0]))
-        return self.known * clip + (1 - self.known) * sample
+    window: int | None = SSR_WINDOW  # frames per temporal window; None: the whole clip at once
+    overlap: int = DEFAULT_OVERLAP  # frames shared by neighbouring windows (paper: 2)
+    chunk_size: int = 1  # windows per network call: more is faster on a GPU, costs memory
+    steps: int | None = None  # denoising steps; None: the base model's num_inference_steps
+    guidance_scale: float = 1.0  # the low-res clip fixes the content; <= 1 skips the unconditional pass
+    noise_level: int = SAMPLING_NOISE_LEVEL  # augmentation of the base clip fed to the SSR (a timestep)
+
+    @staticmethod
+    def fields() -> list[str]:
+        return [field.name for field in dataclasses.fields(SSROptions)]
+
+    @staticmethod
+    def argument(field: str) -> str:
+        """The flat keyword of ``__call__`` for a field: ``ssr_window``, ..., ``ssr_steps``."""
+        return f"ssr_{field}"
+
+    @classmethod
+    def from_call(cls, options: SSROptions | None, flat: Mapping[str, Any]) -> SSROptions:
+        """``options`` (default ``SSROptions()``) with the flat ``ssr_*`` keywords of a call applied;
+        ``TypeError`` for any other keyword, as for an unknown argument."""
+        fields = {cls.argument(field): field for field in cls.fields()}
+        unknown = sorted(set(flat) - set(fields))
+        if unknown:
+            raise TypeError(f"LumierePipeline.__call__() got an unexpected keyword argument {unknown[0]!r}")
+        options = cls() if options is None else options
+        return dataclasses.replace(options, **{fields[key]: value for key, value in flat.items()})
 
 
-@dataclass
-class ConditioningInputs:
-    """What ``prepare_conditioning_inputs`` read: the task, the clip length and, when conditioned,
-    the clip ``[3, f, h, w]`` in [-1, 1], the known-mask ``[f, h, w]`` and SDEdit's strength."""
+def _windows(
+    num_frames: int, window: int | None, overlap: int | None, names: tuple[str, str] = ("window", "overlap")
+) -> list[slice] | None:
+    """Temporal MultiDiffusion windows of a clip (None: one pass); a clip no longer than ``window``
+    is one window. ``overlap`` defaults to half the window; ``ValueError`` naming ``names``."""
+    if window is None:
+        return None
+    overlap = window // 2 if overlap is None else overlap
+    check_window(window, overlap, names=names)
+    return [slice(0, num_frames)] if window >= num_frames else temporal_windows(num_frames, window, overlap)
 
-    task: str  # text-to-video, image-to-video, inpainting, cinemagraph, video-to-video
-    num_frames: int
-    clip: torch.Tensor | None = None
-    known: torch.Tensor | None = None  # None: nothing is kept (text-to-video, video-to-video)
-    strength: float | None = None
 
-
-def _check_mask_covers(region: torch.Tensor, task: str, if_empty: str, if_full: str) -> None:
-    """A mask that marks nothing or everything is a ``ValueError`` saying what to do instead."""
-    if not bool(region.any()):
+def _check_per_clip(
+    prompts: list[str],
+    negative_prompt: str | list[str] | None,
+    generator: torch.Generator | list[torch.Generator] | None,
+    output_type: str,
+    count: int,
+    what: str,  # what the count counts, for the message: "clips", "prompts"
+) -> None:
+    """``ValueError`` unless prompts, negative prompts and generators come one each per item (or
+    one for all), and ``output_type`` is known."""
+    for name, value in (("prompt", prompts), ("negative_prompt", negative_prompt)):
+        if value is not None and not isinstance(value, str) and len(value) != count:
+            raise ValueError(
+                f"{name} has {len(value)} entries for {count} {what}; give one string, or one per clip"
+            )
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+    if isinstance(generator, (list, tuple)) and len(generator) != count:
         raise ValueError(
-            f"mask is all zero: for {task} it must mark the region to change ({if_empty} otherwise)"
+            f"generator is a list of {len(generator)}; give one generator per clip ({count}) or one"
         )
-    if bool(region.all()):
-        raise ValueError(f"mask is all one: nothing of the input is kept; use {if_full} instead")
+
+
+def _randn_per_clip(
+    shape: Sequence[int],
+    generator: torch.Generator | list[torch.Generator] | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """Noise ``shape`` ``[b, ...]`` drawn clip by clip: clip i from generator i (a list), or all
+    from one generator one after the other (EDM's one seed per sample: a clip does not depend on
+    the rest of the batch)."""
+    batch = shape[0]
+    generators = generator if isinstance(generator, (list, tuple)) else [generator] * batch
+    return torch.cat([_randn((1, *shape[1:]), g, device) for g in generators])
 
 
 def _check_prompts(prompt: str | list[str]) -> list[str]:

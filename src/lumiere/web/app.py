@@ -1,9 +1,10 @@
 """The web page's request handlers in plain Python (no Gradio): validate, generate, keep results.
 
 ``Studio`` wraps a ``LumierePipeline`` for a server: every handler checks its inputs against
-``Caps`` (frames, steps, size, upload size), turns uploads into arrays the pipeline takes, calls the
-pipeline with a progress callback and a deadline, writes the clip as mp4 and adds it to a bounded
-``Gallery`` of recent results. A request the server cannot honour raises ``WebError`` with a
+``Caps`` (frames, steps, size, upload size), reads uploads with the library's loaders
+(``lumiere.pipelines.inputs``: formats, pixel limits, centre crop, masks) and words their refusals
+for the page, calls the pipeline with a progress callback and a deadline, writes the clip as mp4
+and adds it to a bounded ``Gallery`` of recent results. A request the server cannot honour raises ``WebError`` with a
 message meant for the person at the page (the UI shows it and keeps serving).
 
 Modes (Bar-Tal et al. 2024, Sec. 4), with the pipeline call each makes:
@@ -23,24 +24,27 @@ Axis legend: f frames, h height, w width; frames are numpy ``[f, h, w, 3]`` floa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import PIL.Image
 import torch
 
 from lumiere.data.video_io import write_video
 from lumiere.models.conditional import is_conditional_stunet
+from lumiere.pipelines import inputs
+from lumiere.pipelines.lumiere import sdedit_step_count
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +118,12 @@ class Settings:
     seed: int
     height: int  # base height (before SSR)
     width: int  # base width (before SSR)
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``LumierePipeline.__call__`` these settings stand for."""
+        arguments = dataclasses.asdict(self)
+        seed = arguments.pop("seed")
+        return arguments | {"generator": torch.Generator().manual_seed(seed)}
 
 
 @dataclass(frozen=True)
@@ -229,74 +239,45 @@ def _check_file(path: str | Path, what: str, caps: Caps) -> Path:
     return path
 
 
-def _open_image(image: Any, what: str, caps: Caps, mode: str = "RGB") -> PIL.Image.Image:
-    """A PIL image in ``mode`` from a path, a PIL image, or an array (uint8, or float in [0, 1])."""
-    if isinstance(image, (str, Path)):
-        path = _check_file(image, what, caps)
-        try:
-            with PIL.Image.open(path) as opened:
-                # The header gives the size: refuse huge images before decoding any pixel.
-                if opened.width * opened.height > caps.max_upload_pixels:
-                    raise InputError(
-                        f"The {what} is {opened.width}×{opened.height} pixels; this server takes "
-                        f"images up to {caps.max_upload_pixels:,} pixels."
-                    )
-                opened.load()
-                image = opened.copy()
-        except InputError:
-            raise
-        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
-            raise InputError(f"The {what} is not an image this server can read ({_cause(err)}).") from None
-    elif isinstance(image, np.ndarray):
-        image = _array_to_pil(image, what)
-    elif not isinstance(image, PIL.Image.Image):
-        raise InputError(f"The {what} must be an image, got {type(image).__name__}.")
-    if image.width * image.height > caps.max_upload_pixels:
+@contextmanager
+def _page_errors(what: str, caps: Caps, unreadable: str) -> Iterator[None]:
+    """The library's refusals of an upload (``lumiere.pipelines.inputs``) as messages for the
+    page, without server paths; ``unreadable`` says what an undecodable file is not."""
+    try:
+        yield
+    except inputs.OversizedInputError as err:
         raise InputError(
-            f"The {what} is {image.width}×{image.height} pixels; this server takes images up to "
+            f"The {what} is {err.width}×{err.height} pixels; this server takes images up to "
             f"{caps.max_upload_pixels:,} pixels."
-        )
-    if mode == "RGB" and image.mode in ("RGBA", "LA", "P"):
-        # Transparent pixels become white, as an image viewer shows them.
-        image = image.convert("RGBA")
-        flat = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(flat, image)
-    return image.convert(mode)
+        ) from None
+    except inputs.UnreadableInputError as err:
+        logger.info("unreadable upload: %s", err)
+        raise InputError(f"The {what} {unreadable} ({_cause(err.reason)}).") from None
+    except ValueError as err:
+        raise InputError(f"The {what} is not usable: {_cause(str(err))}.") from None
 
 
-def _array_to_pil(array: np.ndarray, what: str) -> PIL.Image.Image:
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
-        raise InputError(f"The {what} must be [h, w], [h, w, 3] or [h, w, 4], got shape {array.shape}.")
-    if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
-            raise InputError(f"The {what} must be uint8 or float in [0, 1], got {array.dtype}.")
-        array = (np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return PIL.Image.fromarray(array)
-
-
-def _crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:
-    """The centred box of the target's aspect ratio inside a width x height image."""
-    if width * target_height > height * target_width:  # too wide: crop the sides
-        new_width = max(1, round(height * target_width / target_height))
-        left = (width - new_width) // 2
-        return left, 0, left + new_width, height
-    new_height = max(1, round(width * target_height / target_width))
-    top = (height - new_height) // 2
-    return 0, top, width, top + new_height
+def _open_image(image: Any, what: str, caps: Caps, mode: str = "RGB") -> PIL.Image.Image:
+    """An upload (path, PIL image, array) as a PIL image in ``mode``: size, pixels and format
+    checked (transparent pixels become white in RGB, as an image viewer shows them)."""
+    if isinstance(image, (str, Path)):
+        image = _check_file(image, what, caps)
+    with _page_errors(what, caps, "is not an image this server can read"):
+        return inputs.open_image(image, what, mode, max_pixels=caps.max_upload_pixels)
 
 
 def fit_image(image: PIL.Image.Image, height: int, width: int, mask: bool = False) -> np.ndarray:
     """Centre-crop to the aspect ratio of height x width and resize: float32 ``[h, w, 3]`` in [0, 1]
-    (an image), or ``[h, w]`` in {0, 1} (a mask, ``mask=True``: thresholded at 0.5)."""
-    box = _crop_box(image.width, image.height, width, height)
-    resample = PIL.Image.Resampling.BILINEAR if mask else PIL.Image.Resampling.LANCZOS
-    fitted = image.crop(box).resize((width, height), resample=resample)  # nothing outside the box leaks in
-    array = np.asarray(fitted, dtype=np.float32) / 255
+    (an image), or ``[h, w]`` in {0, 1} (a mask, ``mask=True``: binarised at 0.5)."""
     if mask:
-        return (array >= 0.5).astype(np.float32)
-    return array
+        painted = np.asarray(image.convert("L"))
+        return inputs.load_mask(painted, 1, height, width, given_size=painted.shape, crop=True)[0].numpy()
+    return _channels_last(inputs.fit_frames(inputs.decode_image(image), height, width, "image", crop=True))[0]
+
+
+def _channels_last(frames: torch.Tensor) -> np.ndarray:
+    """Library frames ``[n, 3, h, w]`` -> float32 ``[n, h, w, 3]``: the arrays the page hands the pipeline."""
+    return frames.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def load_image(image: Any, height: int, width: int, caps: Caps, what: str = "image") -> np.ndarray:
@@ -334,8 +315,8 @@ def load_mask(
         painted |= np.asarray(rgba)[..., 3] > 0
     if not painted.any():
         raise InputError(f"Paint the {what} on the image with the brush first.")
-    mask_image = PIL.Image.fromarray(painted.astype(np.uint8) * 255)
-    mask = fit_image(mask_image, height, width, mask=True)
+    # Cropped and resized as the background is: nearest, binary (lumiere.pipelines.inputs).
+    mask = inputs.load_mask(painted, 1, height, width, given_size=painted.shape, crop=True)[0].numpy()
     if not mask.any():
         raise InputError(f"The painted {what} vanishes at {width}×{height}; paint a larger region.")
     if mask.all():
@@ -355,37 +336,14 @@ def load_video(
     if path is None:
         raise InputError(f"Upload a {what} first.")
     path = _check_file(path, what, caps)
-    frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"The {what} file has no video stream.")
-            stream = container.streams.video[0]
-            pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
-            if pixels > caps.max_upload_pixels:
-                raise InputError(
-                    f"The {what} is {stream.codec_context.width}×{stream.codec_context.height} pixels per "
-                    f"frame; this server takes up to {caps.max_upload_pixels:,}."
-                )
-            for frame in container.decode(stream):
-                image = frame.to_image()  # PIL RGB
-                frames.append(fit_image(image, height, width))
-                if len(frames) == num_frames:
-                    break
-    except InputError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, EOFError) as err:
-        raise InputError(
-            f"The {what} cannot be decoded; it is not a video this server can read ({_cause(err)})."
-        ) from None
-    if not frames:
-        raise InputError(f"The {what} has no frames this server can decode.")
+    with _page_errors(what, caps, "cannot be decoded; it is not a video this server can read"):
+        frames = inputs.decode_video(path, what, max_frames=num_frames, max_pixels=caps.max_upload_pixels)
     if len(frames) < num_frames:
         raise InputError(
             f"The {what} has {len(frames)} frames, fewer than the {num_frames} asked for; "
             "lower Frames or upload a longer video."
         )
-    return np.stack(frames)  # [f, h, w, 3]
+    return _channels_last(inputs.fit_frames(frames, height, width, what, crop=True))
 
 
 def first_frame(path: str | Path | None, caps: Caps) -> np.ndarray | None:
@@ -394,25 +352,10 @@ def first_frame(path: str | Path | None, caps: Caps) -> np.ndarray | None:
     if path is None:
         return None
     path = _check_file(path, "video", caps)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError("The video file has no video stream.")
-            stream = container.streams.video[0]
-            if (stream.codec_context.width or 0) * (
-                stream.codec_context.height or 0
-            ) > caps.max_upload_pixels:
-                raise InputError(f"The video has more than {caps.max_upload_pixels:,} pixels per frame.")
-            for frame in container.decode(stream):
-                return frame.to_ndarray(format="rgb24")
-    except InputError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, EOFError) as err:
-        raise InputError(f"The video cannot be decoded ({_cause(err)}).") from None
-    raise InputError("The video has no frames this server can decode.")
+    with _page_errors("video", caps, "cannot be decoded"):
+        return inputs.read_video_file(path, "video", max_frames=1, max_pixels=caps.max_upload_pixels)[0]
 
 
-# ---------------------------------------------------------------------------------------------
 # Studio: the request handlers
 # ---------------------------------------------------------------------------------------------
 
@@ -647,19 +590,11 @@ class Studio:
                 progress(0, total)
             logger.info("%s: %r, %s", mode, prompt, settings)
             try:
-                frames = self.pipe(
-                    prompt,
-                    num_frames=settings.num_frames,
-                    height=settings.height,
-                    width=settings.width,
-                    num_inference_steps=settings.num_inference_steps,
-                    guidance_scale=settings.guidance_scale,
-                    negative_prompt=negative,
-                    generator=torch.Generator().manual_seed(settings.seed),
-                    callback=callback,
-                    output_type="np",
-                    **conditioning,
-                ).frames[0]  # [f, h, w, 3] in [0, 1]
+                arguments = settings.pipeline_arguments() | conditioning
+                output = self.pipe(
+                    prompt, negative_prompt=negative, callback=callback, output_type="np", **arguments
+                )
+                frames = output.frames[0]  # [f, h, w, 3] in [0, 1]
             except WebError:
                 raise
             except ValueError as err:  # the pipeline names what it cannot take
@@ -676,18 +611,12 @@ class Studio:
 
 def sdedit_steps(num_inference_steps: int, strength: float) -> int:
     """The progress bar's total for video-to-video: the steps the pipeline runs."""
-    from lumiere.pipelines.lumiere import sdedit_step_count
-
     return sdedit_step_count(num_inference_steps, strength)
 
 
-def _cause(err: BaseException) -> str:
+def _cause(reason: str) -> str:
     """Why a file could not be read, for the page: the decoder's words without server paths."""
-    logger.info("unreadable upload: %r", err)
-    if isinstance(err, PIL.UnidentifiedImageError):
-        return "unknown image format"
-    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return re.sub(r"""[:\s]*['"]?/[^'"]*['"]?""", "", text).strip() or type(err).__name__
+    return re.sub(r"""[:\s]*['"]?/[^'"]*['"]?""", "", reason).strip() or "unknown reason"
 
 
 def _whole(value: Any, name: str) -> int:
@@ -707,23 +636,3 @@ def _slug(text: str, limit: int = 40) -> str:
     if len(slug) > limit:  # whole words only
         slug = slug[: limit + 1].rsplit("-", 1)[0] if "-" in slug[:limit] else slug[:limit]
     return slug or "clip"
-
-
-__all__: Sequence[str] = [
-    "MODES",
-    "Caps",
-    "Gallery",
-    "GenerationTimeout",
-    "InputError",
-    "Result",
-    "Settings",
-    "Studio",
-    "WebError",
-    "first_frame",
-    "fit_image",
-    "load_image",
-    "load_mask",
-    "load_video",
-    "mode_support",
-    "sdedit_steps",
-]

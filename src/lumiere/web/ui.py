@@ -87,45 +87,58 @@ def _handlers(studio: Studio) -> dict[str, Any]:
     """One function per mode, with the widget values as arguments (Gradio passes them in order).
 
     Gradio finds the progress bar by the type of a parameter's default: ``progress=gr.Progress()``
-    is its idiom, hence the B008 exceptions.
+    is its idiom, hence the B008 exceptions. Each function names its widgets (Gradio matches them
+    by position) and hands them to ``run``, which checks the settings and calls the Studio.
     """
+
+    def run(handler, prompt, negative, numbers, uploads, progress) -> tuple[str, str, list[tuple[str, str]]]:
+        with _errors_on_page():
+            settings = studio.settings(*numbers)  # frames, steps, guidance, seed, height, width
+            result = handler(prompt, negative, *uploads, settings, _reporter(progress))
+        return _outputs(result, studio)
 
     def text(prompt, negative, frames, steps, guidance, seed, height, width,
              progress=gr.Progress()):  # noqa: B008  # fmt: skip
-        with _errors_on_page():
-            settings = studio.settings(frames, steps, guidance, seed, height, width)
-            result = studio.text_to_video(prompt, negative, settings, _reporter(progress))
-        return _outputs(result, studio)
+        numbers = (frames, steps, guidance, seed, height, width)
+        return run(studio.text_to_video, prompt, negative, numbers, (), progress)
 
     def image(prompt, negative, frames, steps, guidance, seed, height, width, picture,
               progress=gr.Progress()):  # noqa: B008  # fmt: skip
-        with _errors_on_page():
-            settings = studio.settings(frames, steps, guidance, seed, height, width)
-            result = studio.image_to_video(prompt, negative, picture, settings, _reporter(progress))
-        return _outputs(result, studio)
+        numbers = (frames, steps, guidance, seed, height, width)
+        return run(studio.image_to_video, prompt, negative, numbers, (picture,), progress)
 
     def cinemagraph(prompt, negative, frames, steps, guidance, seed, height, width, editor,
                     progress=gr.Progress()):  # noqa: B008  # fmt: skip
-        with _errors_on_page():
-            settings = studio.settings(frames, steps, guidance, seed, height, width)
-            result = studio.cinemagraph(prompt, negative, editor, settings, _reporter(progress))
-        return _outputs(result, studio)
+        numbers = (frames, steps, guidance, seed, height, width)
+        return run(studio.cinemagraph, prompt, negative, numbers, (editor,), progress)
 
     def inpaint(prompt, negative, frames, steps, guidance, seed, height, width, video, editor,
                 progress=gr.Progress()):  # noqa: B008  # fmt: skip
-        with _errors_on_page():
-            settings = studio.settings(frames, steps, guidance, seed, height, width)
-            result = studio.inpaint(prompt, negative, video, editor, settings, _reporter(progress))
-        return _outputs(result, studio)
+        numbers = (frames, steps, guidance, seed, height, width)
+        return run(studio.inpaint, prompt, negative, numbers, (video, editor), progress)
 
     def video(prompt, negative, frames, steps, guidance, seed, height, width, clip, strength,
               progress=gr.Progress()):  # noqa: B008  # fmt: skip
-        with _errors_on_page():
-            settings = studio.settings(frames, steps, guidance, seed, height, width)
-            result = studio.video_to_video(prompt, negative, clip, strength, settings, _reporter(progress))
-        return _outputs(result, studio)
+        numbers = (frames, steps, guidance, seed, height, width)
+        return run(studio.video_to_video, prompt, negative, numbers, (clip, strength), progress)
 
     return {"text": text, "image": image, "cinemagraph": cinemagraph, "inpaint": inpaint, "video": video}
+
+
+def _mask_editor(label: str, sources: list[str], elem_id: str) -> gr.ImageEditor:
+    """An image editor to paint a region on (cinemagraph, inpainting): Studio reads the painted
+    layer's alpha as the mask."""
+    return gr.ImageEditor(
+        label=label,
+        type="filepath",
+        sources=sources,
+        brush=gr.Brush(colors=[("#ff6a00", 0.6)], color_mode="fixed"),
+        layers=False,
+        transforms=(),
+        format="png",  # strokes saved losslessly: their alpha is the mask
+        height=300,
+        elem_id=elem_id,
+    )
 
 
 def _show_first_frame(studio: Studio):
@@ -231,16 +244,8 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                         buttons["image"] = _generate_button("image", support)
                     with gr.Tab(MODES["cinemagraph"], id="cinemagraph"):
                         _unsupported(support["cinemagraph"])
-                        still = gr.ImageEditor(
-                            label="Image: paint the region to animate",
-                            type="filepath",
-                            sources=["upload", "clipboard"],
-                            brush=gr.Brush(colors=[("#ff6a00", 0.6)], color_mode="fixed"),
-                            layers=False,
-                            transforms=(),
-                            format="png",  # strokes saved losslessly: their alpha is the mask
-                            height=300,
-                            elem_id="cinemagraph-input",
+                        still = _mask_editor(
+                            "Image: paint the region to animate", ["upload", "clipboard"], "cinemagraph-input"
                         )
                         gr.Markdown("Only the painted region moves; the rest stays as in the image.")
                         inputs["cinemagraph"] = [still]
@@ -250,16 +255,10 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                         source = gr.Video(
                             label="Video", sources=["upload"], height=220, elem_id="inpaint-video"
                         )
-                        hole = gr.ImageEditor(
-                            label="First frame: paint the region to fill (the same region in every frame)",
-                            type="filepath",
-                            sources=["upload"],
-                            brush=gr.Brush(colors=[("#ff6a00", 0.6)], color_mode="fixed"),
-                            layers=False,
-                            transforms=(),
-                            format="png",  # strokes saved losslessly: their alpha is the mask
-                            height=300,
-                            elem_id="inpaint-mask",
+                        hole = _mask_editor(
+                            "First frame: paint the region to fill (the same region in every frame)",
+                            ["upload"],
+                            "inpaint-mask",
                         )
                         gr.Markdown(
                             "Upload a video, then paint on its first frame the region to fill; the rest "
@@ -298,13 +297,10 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                         )  # fmt: skip
                         seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
                     with gr.Row():
-                        height = gr.Slider(
-                            studio.size_step, studio.max_size, value=studio.default_height,
-                            step=studio.size_step, label="Height (base)", elem_id="height",
-                        )  # fmt: skip
-                        width = gr.Slider(
-                            studio.size_step, studio.max_size, value=studio.default_width,
-                            step=studio.size_step, label="Width (base)", elem_id="width",
+                        height, width = (
+                            gr.Slider(studio.size_step, studio.max_size, value=value, step=studio.size_step,
+                                      label=f"{name} (base)", elem_id=name.lower())
+                            for name, value in (("Height", studio.default_height), ("Width", studio.default_width))
                         )  # fmt: skip
 
             # ----- right: what was made -------------------------------------------------------

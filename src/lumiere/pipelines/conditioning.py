@@ -1,0 +1,202 @@
+"""What a pipeline call is conditioned on (Sec. 4): the task, the given clip and which pixels are known.
+
+``prepare_conditioning`` reads ``image=``, ``video=``, ``mask=``, ``strength=`` of a pipeline call
+(through ``lumiere.pipelines.inputs``) and decides the task:
+
+    nothing            text-to-video
+    image              image-to-video   the image is the first frame
+    image + mask       cinemagraph      the image repeated over time, the mask marks what moves
+    video + mask       inpainting       the mask marks the region to generate
+    video              video-to-video   SDEdit (Meng et al. 2022) from noise level ``strength``
+
+The first three need a conditional base model (``lumiere.models.conditional``): it takes
+concat(noisy clip, masked clip C, known-mask M). ``KnownPixels`` re-imposes the given pixels
+during sampling (the replacement method of diffusers' inpainting pipelines).
+
+Axis legend: b clips, c channels, f frames, h/w height/width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from lumiere.models.conditional import (
+    MASK_CONDITION_CHANNELS,
+    MaskCondition,
+    empty_condition,
+    make_mask_condition,
+)
+from lumiere.pipelines.inputs import (
+    ImageInput,
+    MaskInput,
+    VideoInput,
+    check_mask_covers,
+    decode_image,
+    decode_video,
+    fit_frames,
+    load_mask,
+)
+
+DEFAULT_NUM_FRAMES = 16  # text-to-video and image-to-video clips, when num_frames is not given
+DEFAULT_STRENGTH = 0.6  # video-to-video: how much of the video is re-generated
+
+
+@dataclass
+class KnownPixels:
+    """Given pixels to re-impose during sampling: clip ``[1, 3, f, h, w]`` in [-1, 1], known-mask
+    ``[1, 1, f, h, w]`` (1 = given) and a fixed noise ``[b, 3, f, h, w]`` to noise them with."""
+
+    clip: torch.Tensor
+    known: torch.Tensor
+    noise: torch.Tensor
+
+    def impose(self, sample: torch.Tensor, scheduler: SchedulerMixin, timestep: torch.Tensor) -> torch.Tensor:
+        """``sample`` with the known pixels replaced by the clip noised to ``timestep`` (a 1-element
+        tensor; empty: the clean clip)."""
+        clip = self.clip.expand_as(sample)
+        if len(timestep):
+            clip = scheduler.add_noise(clip, self.noise, timestep.reshape(1).expand(sample.shape[0]))
+        return self.known * clip + (1 - self.known) * sample
+
+
+@dataclass
+class Conditioning:
+    """A call's conditioning, read and checked: the task, the clip length and, when conditioned,
+    the clip ``[3, f, h, w]`` in [-1, 1], the known-mask ``[f, h, w]`` and SDEdit's strength."""
+
+    task: str  # text-to-video, image-to-video, inpainting, cinemagraph, video-to-video
+    num_frames: int
+    clip: torch.Tensor | None = None
+    known: torch.Tensor | None = None  # None: nothing is kept (text-to-video, video-to-video)
+    strength: float | None = None  # video-to-video only
+    keep_known: bool = True  # re-impose the known pixels at every step (KnownPixels)
+
+    @property
+    def is_sdedit(self) -> bool:
+        return self.task == "video-to-video"
+
+    def check_model(self, conditional: bool, extra_channels: int) -> None:
+        """``ValueError`` when the base model cannot take this conditioning: a known region needs a
+        conditional model; a model widened otherwise (an SSR's input, say) is no base model."""
+        if extra_channels and not conditional:
+            raise ValueError(
+                f"this STUNet takes {extra_channels} extra input channels "
+                f"but a conditional base model takes {MASK_CONDITION_CHANNELS} (masked clip and mask)"
+            )
+        if self.known is not None and not conditional:
+            raise ValueError(
+                f"{self.task} needs a conditional model (stage 'conditional', {MASK_CONDITION_CHANNELS} extra "
+                "input channels); this pipeline's stunet is text-to-video only. Video-to-video (video= without "
+                "mask=) works with any model"
+            )
+
+    def model_condition(self, shape: tuple[int, ...], device: torch.device) -> MaskCondition:
+        """The conditional model's extra input for ``shape`` ``[b, c, f, h, w]``: masked clip and
+        known-mask (nothing known for text-to-video and SDEdit)."""
+        if self.known is None:
+            return empty_condition(shape, device=device)
+        batch, _, *size = shape
+        return make_mask_condition(
+            self.clip.to(device)[None].expand(shape),
+            self.known.to(device)[None, None].expand(batch, 1, *size),
+        )
+
+    @property
+    def keeps_pixels(self) -> bool:
+        """Whether sampling re-imposes given pixels (``keep_known`` and something is known)."""
+        return self.keep_known and self.known is not None
+
+    def known_pixels(self, noise: torch.Tensor) -> KnownPixels:
+        """What to re-impose while sampling (when ``keeps_pixels``), noised with ``noise``
+        ``[b, 3, f, h, w]``."""
+        device = noise.device
+        return KnownPixels(
+            clip=self.clip.to(device)[None], known=self.known.to(device)[None, None], noise=noise
+        )
+
+
+def prepare_conditioning(
+    image: ImageInput | None,
+    video: VideoInput | None,
+    mask: MaskInput | None,
+    strength: float | None,
+    keep_known: bool,
+    num_frames: int | None,
+    height: int,
+    width: int,
+) -> Conditioning:
+    """Read and check image / video / mask / strength; decide the task (Sec. 4).
+
+    A mask has the generated size (height x width) or the size of the image / video given, which
+    it is then resized with (nearest, binarised: ``lumiere.pipelines.inputs.load_mask``). Raises
+    ``ValueError`` naming the argument for combinations that mean nothing or masks that do not fit.
+    """
+    if image is not None and video is not None:
+        raise ValueError(
+            "give image= or video=, not both (image: image-to-video/cinemagraph; video: inpainting/SDEdit)"
+        )
+    if mask is not None and image is None and video is None:
+        raise ValueError("mask= needs video= (inpainting) or image= (cinemagraph)")
+    if strength is not None and (video is None or mask is not None):
+        raise ValueError("strength= applies to video-to-video only: give video= without mask=")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)):
+        raise ValueError(f"num_frames={num_frames!r}: must be a positive integer")
+    if image is None and video is None:
+        conditioning = Conditioning("text-to-video", DEFAULT_NUM_FRAMES if num_frames is None else num_frames)
+    elif video is not None:
+        conditioning = _video_conditioning(video, mask, strength, num_frames, (height, width))
+    else:
+        frames = DEFAULT_NUM_FRAMES if num_frames is None else num_frames
+        if frames < 1:
+            raise ValueError(f"num_frames={frames}: must be >= 1")
+        conditioning = _image_conditioning(image, mask, frames, (height, width))
+    conditioning.keep_known = keep_known
+    return conditioning
+
+
+def _image_conditioning(
+    image: ImageInput, mask: MaskInput | None, frames: int, size: tuple[int, int]
+) -> Conditioning:
+    """Image-to-video (the image is the first frame) or, with ``mask``, a cinemagraph."""
+    pixels = decode_image(image)  # [1, 3, H, W] at its own size
+    still = fit_frames(pixels, *size, "image")[0] * 2 - 1  # [3, h, w] in [-1, 1]
+    still = still[:, None].expand(3, frames, *size).contiguous()  # [3, f, h, w]
+    known = torch.zeros(frames, *size)
+    task = "image-to-video"
+    if mask is not None:
+        region = load_mask(mask, frames, *size, given_size=tuple(pixels.shape[-2:]))
+        check_mask_covers(region, "cinemagraph", "nothing moves", "image-to-video (no mask=)")
+        known, task = 1 - region, "cinemagraph"
+    known[0] = 1  # the image is the first frame
+    return Conditioning(task, frames, clip=still, known=known)
+
+
+def _video_conditioning(
+    video: VideoInput,
+    mask: MaskInput | None,
+    strength: float | None,
+    num_frames: int | None,
+    size: tuple[int, int],
+) -> Conditioning:
+    """Inpainting (with ``mask``) or video-to-video (without) of ``video``."""
+    pixels = decode_video(video)  # [f, 3, H, W] at its own size
+    frames = pixels.shape[0]
+    if num_frames is not None and num_frames != frames:
+        raise ValueError(
+            f"num_frames={num_frames} but the video has {frames} frames; leave num_frames out "
+            "to use the video's length, or trim the video"
+        )
+    clip = fit_frames(pixels, *size, "video").permute(1, 0, 2, 3).contiguous() * 2 - 1  # [3, f, h, w]
+    if mask is None:
+        strength = DEFAULT_STRENGTH if strength is None else strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(
+                f"strength={strength!r}: must be in (0, 1] (0.6 is typical; 1 re-generates from pure noise)"
+            )
+        return Conditioning("video-to-video", frames, clip=clip, strength=float(strength))
+    region = load_mask(mask, frames, *size, given_size=tuple(pixels.shape[-2:]))
+    check_mask_covers(region, "inpainting", "the video is returned unchanged", "text-to-video (no video=)")
+    return Conditioning("inpainting", frames, clip=clip, known=1 - region)

@@ -1,0 +1,243 @@
+"""The ``Stage`` base class: everything ``lumiere.train`` needs to know about what it trains.
+
+A stage owns how its network is made (from scratch, inflated, widened, loaded), its dataset, how a
+batch becomes the clean sample and the conditioning, its loss (through the one training step,
+``DiffusionObjective.training_loss``), its validation samples and its export. The training loop
+(``lumiere.train``) only calls these methods, so a new stage is one subclass and one line in
+``lumiere.stages.STAGES``.
+
+Axis legend:
+    b  clips      c  channels      f  frames      h, w  height, width
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset
+
+from lumiere.diffusion import DiffusionObjective, drop_captions
+from lumiere.models.ssr import ssr_model_input
+
+if TYPE_CHECKING:
+    from lumiere.config import TrainConfig
+    from lumiere.models.text import TextEncoder
+
+logger = logging.getLogger(__name__)
+
+SHAPES_LENGTH = 2**31 - 1  # synthetic clips without data.length: every global index is a fresh clip
+
+
+class Stage:
+    """One training stage of lumiere, built from a ``TrainConfig``.
+
+    Subclasses set ``name`` (the config's ``stage:``), ``image_data`` and ``needs_init_from``, and
+    implement ``make_model``; they override the other methods where their stage differs.
+    """
+
+    name: ClassVar[str]  # the config's ``stage:`` value
+    image_data: ClassVar[bool] = False  # trains on single frames [b, c, h, w], not clips [b, c, f, h, w]
+    needs_init_from: ClassVar[bool] = True  # model.init_from is required (an image model or STUNet)
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        """Raise ``ValueError`` naming the config key the stage cannot take (``TrainConfig`` calls this)."""
+        if cls.needs_init_from and not config.model.init_from:
+            raise ValueError(f"config key model.init_from is required for stage {cls.name!r}")
+        if config.model.ssr_residual:
+            raise ValueError(f"config key model.ssr_residual applies to stage 'ssr' only, not {cls.name!r}")
+
+    # ---- 1. the network -----------------------------------------------------------------------
+
+    def build_model(self) -> torch.nn.Module:
+        """The network of the stage, initialised as the config says (seeded by ``config.seed``)."""
+        torch.manual_seed(self.config.seed)
+        return self.make_model()
+
+    def make_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    # ---- 2. data ------------------------------------------------------------------------------
+
+    def build_dataset(self) -> tuple[Dataset, bool]:
+        """The stage's data set (styled when ``data.style`` says so), and whether it is finite."""
+        data = self.config.data
+        if data.kind == "shapes":
+            from lumiere.data.shapes import MovingShapes
+
+            dataset: Dataset = MovingShapes(
+                length=data.length or SHAPES_LENGTH,
+                num_frames=data.num_frames,
+                resolution=data.resolution,
+                seed=data.seed,
+                mode="image" if self.image_data else "video",
+                motion_mix=data.motion_mix,
+            )
+            finite = data.length is not None
+        else:
+            from lumiere.data.video_folder import VideoFolder
+
+            frames = 1 if self.image_data else data.num_frames
+            dataset = VideoFolder(
+                data.path, num_frames=frames, resolution=data.resolution, fps=data.fps, seed=data.seed
+            )
+            finite = True
+        if data.style is not None:
+            from lumiere.data.styles import StyledDataset
+
+            dataset = StyledDataset(dataset, data.style)
+        return dataset, finite
+
+    # ---- 3. a batch as model input ------------------------------------------------------------
+
+    def clean_sample(self, video: torch.Tensor) -> torch.Tensor:
+        """The batch's clips ``[b, c, f, h, w]`` -> the stage's clean sample: images ``[b, c, h, w]``
+        for an image stage, the clips themselves otherwise."""
+        return video[:, :, 0] if self.image_data else video
+
+    def diffused_sample(self, clean: torch.Tensor) -> torch.Tensor:
+        """What the diffusion noises and the model learns to denoise: the clean sample itself, or
+        (SSR with ``model.ssr_residual``) what is left of it over a baseline."""
+        return clean
+
+    def draw_condition(
+        self, clean: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator | None
+    ) -> Any:
+        """The stage's conditioning beyond text for the clean sample (None: text only). Its draws
+        from ``generator`` come after the step's timesteps and noise."""
+        return None
+
+    def forward(
+        self,
+        model: torch.nn.Module,
+        noisy: torch.Tensor,  # [b, c, (f,) h, w]
+        timesteps: torch.Tensor,  # [b]
+        states: torch.Tensor,  # [b, n, d] text states
+        mask: torch.Tensor,  # [b, n] text attention mask
+        condition: Any,
+    ) -> torch.Tensor:
+        """The network's prediction, the shape of ``noisy``."""
+        return conditioned_forward(model, noisy, timesteps, states, mask, condition)
+
+    # ---- 4. the loss --------------------------------------------------------------------------
+
+    def training_loss(
+        self,
+        model: torch.nn.Module,
+        objective: DiffusionObjective,
+        batch: dict[str, Any],  # {"video": [b, c, f, h, w], "caption": [b] strings}
+        text_encoder: TextEncoder,
+        generator: torch.Generator,  # every random draw of the step
+        device: torch.device | str = "cpu",
+        autocast: Callable[[], AbstractContextManager] = nullcontext,  # mixed precision for the forward
+    ) -> torch.Tensor:
+        """The scalar loss of one batch. Draw order from ``generator`` (resume relies on it):
+        caption dropout, timesteps, noise, then the stage's conditioning."""
+        optim = self.config.optim
+        clean = self.clean_sample(batch["video"]).to(device)
+        x0 = self.diffused_sample(clean)
+        captions = drop_captions(batch["caption"], optim.caption_dropout, generator=generator)
+        states, mask = text_encoder.encode(captions, device=device)
+
+        def model_fn(noisy: torch.Tensor, timesteps: torch.Tensor, condition: Any) -> torch.Tensor:
+            with autocast():
+                return self.forward(model, noisy, timesteps, states, mask, condition)
+
+        return objective.training_loss(
+            model_fn,
+            x0,
+            generator=generator,
+            min_snr_gamma=optim.min_snr_gamma,
+            bias_portion=optim.timestep_bias_portion,
+            bias_begin=optim.timestep_bias_begin,
+            draw_cond=lambda g: self.draw_condition(clean, objective.scheduler.alphas_cumprod, g),
+        )
+
+    # ---- 5. validation samples and export -----------------------------------------------------
+
+    def write_samples(self, model: torch.nn.Module, text_encoder: TextEncoder, path: Path, device) -> None:
+        """Clips of ``config.sample_prompts`` sampled with ``model``, written as one grid video."""
+        from lumiere.data.video_io import make_grid, write_video
+        from lumiere.pipelines import LumierePipeline
+
+        config = self.config
+        pipe = LumierePipeline.from_stunet(self.sampling_stunet(model), text_encoder=text_encoder)
+        pipe.set_progress_bar_config(disable=True)
+        generator = [torch.Generator().manual_seed(i) for i in range(len(config.sample_prompts))]
+        clips = pipe(
+            list(config.sample_prompts),
+            num_frames=1 if self.image_data else config.data.num_frames,
+            height=config.data.resolution,
+            width=config.data.resolution,
+            num_inference_steps=config.sample_steps,
+            generator=generator,
+        ).frames
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, make_grid(clips, nrow=min(4, len(clips))), fps=config.data.fps)
+
+    def sampling_stunet(self, model: torch.nn.Module):
+        """The STUNet the pipeline samples the validation clips with."""
+        return model
+
+    def export(self, model: torch.nn.Module, text_encoder: TextEncoder, out_dir: Path) -> Path:
+        """Save the trained network under ``out_dir`` atomically (``checkpoint.replace_directory``):
+        a STUNet as a full pipeline, unless the stage overrides ``save``."""
+        from lumiere.checkpoint import replace_directory
+
+        return replace_directory(out_dir, lambda staging: self.save(model, text_encoder, staging))
+
+    def save(self, model: torch.nn.Module, text_encoder: TextEncoder, directory: Path) -> None:
+        from lumiere.pipelines import LumierePipeline
+
+        LumierePipeline.from_stunet(model, text_encoder=text_encoder).save_pretrained(directory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the stages (and eval/bench)
+# ---------------------------------------------------------------------------------------------
+
+
+def conditioned_forward(
+    model: torch.nn.Module,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    states: torch.Tensor,
+    mask: torch.Tensor,
+    condition: Any,
+) -> torch.Tensor:
+    """The network's prediction for a noisy batch: with a condition (``SSRCondition`` or
+    ``MaskCondition``), its ``video`` is concatenated along channels and its ``noise_level`` passed."""
+    if condition is None:
+        return model(noisy, timesteps, states, encoder_attention_mask=mask).sample
+    return model(
+        ssr_model_input(noisy, condition.video),
+        timesteps,
+        states,
+        encoder_attention_mask=mask,
+        noise_level=condition.noise_level,
+    ).sample
+
+
+def is_image_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds a diffusers ``UNet2DConditionModel``."""
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel"
+
+
+def resolve_model_dir(path: str | Path, component: str) -> Path:
+    """``path`` itself, or its ``component`` subfolder when ``path`` is a saved pipeline."""
+    path = Path(path)
+    if (path / component / "config.json").is_file():
+        return path / component
+    if (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(f"model.init_from={str(path)!r} holds no {component} model (no config.json)")

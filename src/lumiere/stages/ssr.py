@@ -1,0 +1,146 @@
+"""Stage ``ssr``: the spatial super-resolution model (Bar-Tal et al. 2024, Sec. 3.2).
+
+The high-res clip is the sample; its area-downsampled copy, upsampled back and noise-augmented
+(``lumiere.models.ssr``), is the conditioning, concatenated to the noisy clip along channels. The
+SSR STUNet is inflated without temporal resizing, so it runs on temporal windows of any length
+(MultiDiffusion at sampling) and trains on short clips.
+
+Axis legend:
+    b  clips      c  channels      f  frames      h, w  low-res size      H, W  high-res size
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+
+from lumiere.models.ssr import (
+    SSRCondition,
+    build_ssr_stunet,
+    check_ssr_stunet,
+    downsample_video,
+    make_condition,
+    residual_over_bilinear,
+)
+from lumiere.models.stunet import STUNet
+from lumiere.stages.video import VideoStage
+
+if TYPE_CHECKING:
+    from lumiere.config import TrainConfig
+    from lumiere.models.text import TextEncoder
+
+SAMPLE_CLIPS = 4  # held-out data clips upsampled as the stage's validation samples
+
+
+def training_condition(
+    high_res: torch.Tensor,
+    scale: int,
+    max_noise_level: int,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> SSRCondition:
+    """The conditioning of one training batch: downsample the clean high-res clip ``[b, 3, f, H, W]``
+    by ``scale`` (area), upsample back, augment at a level drawn uniformly in ``[0, max_noise_level]``
+    per clip. Every draw comes from ``generator`` (CPU), so a step's batch is reproducible."""
+    batch = high_res.shape[0]
+    low_res = downsample_video(high_res, scale)
+    noise_level = torch.randint(0, max_noise_level + 1, (batch,), generator=generator)
+    noise = torch.randn(high_res.shape, generator=generator)
+    return make_condition(
+        low_res,
+        tuple(high_res.shape[-2:]),
+        noise_level.to(high_res.device),
+        noise.to(device=high_res.device, dtype=high_res.dtype),
+        alphas_cumprod,
+    )
+
+
+class SSRStage(VideoStage):
+    """The SSR STUNet (Sec. 3.2): conditioned on the upsampled, noise-augmented low-res clip and its level.
+    Exported as an upsampling-only pipeline (``ssr/``, with ``ssr_scale`` and ``ssr_residual``)."""
+
+    name = "ssr"
+    component = "ssr"
+    trains_conv_in = True
+
+    @classmethod
+    def check_config(cls, config: TrainConfig) -> None:
+        if not config.model.init_from:
+            raise ValueError(f"config key model.init_from is required for stage {cls.name!r}")
+        if config.data.resolution % config.model.ssr_scale:
+            raise ValueError(
+                f"config key data.resolution ({config.data.resolution}) must be a multiple of model.ssr_scale "
+                f"({config.model.ssr_scale}) for stage 'ssr'"
+            )
+
+    def inflate(self, image_model: UNet2DConditionModel) -> STUNet:
+        # Without temporal resizing, widened for the low-res clip (Sec. 3.2).
+        return build_ssr_stunet(image_model, **self.inflation_options())
+
+    def load(self, source: Path) -> STUNet:
+        model = super().load(source)
+        check_ssr_stunet(model, name=f"model.init_from={str(source)!r}")
+        return model
+
+    def diffused_sample(self, clean: torch.Tensor) -> torch.Tensor:
+        if self.config.model.ssr_residual:
+            return residual_over_bilinear(clean, self.config.model.ssr_scale)
+        return clean
+
+    def draw_condition(
+        self, clean: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator | None
+    ) -> SSRCondition:
+        return training_condition(
+            clean,
+            self.config.model.ssr_scale,
+            self.config.optim.max_augmentation_level,
+            alphas_cumprod,
+            generator=generator,
+        )
+
+    def write_samples(self, model: STUNet, text_encoder: TextEncoder, path: Path, device) -> None:
+        """Held-out data clips (with their own captions; ``sample_prompts`` is not used), each shown
+        as low-res (nearest-upsampled) | SSR output | ground truth, written as one grid video."""
+        from lumiere.data.video_io import make_grid, write_video
+
+        config = self.config
+        dataset, _ = self.build_dataset()
+        count = min(SAMPLE_CLIPS, len(dataset))
+        # The end of the stream: rarely trained on.
+        items = [dataset[len(dataset) - 1 - i] for i in range(count)]
+        high = torch.stack([item["video"] for item in items])  # [n, 3, f, H, W] in [-1, 1]
+        low = downsample_video(high, config.model.ssr_scale)
+        pipe = self._pipeline(model, text_encoder)
+        pipe.set_progress_bar_config(disable=True)
+        low_frames = ((low + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [n, f, h, w, 3]
+        upsampled = pipe.upsample(
+            low_frames,
+            [item["caption"] for item in items],
+            window=None,
+            num_inference_steps=config.sample_steps,
+            generator=[torch.Generator().manual_seed(i) for i in range(count)],
+        ).frames  # [n, f, H, W, 3]
+        nearest = low_frames.repeat(config.model.ssr_scale, axis=2).repeat(config.model.ssr_scale, axis=3)
+        truth = ((high + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()
+        rows = np.stack([nearest, upsampled, truth], axis=1).reshape(-1, *truth.shape[1:])  # [3n, f, H, W, 3]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, make_grid(rows, nrow=3), fps=config.data.fps)
+
+    def _pipeline(self, model: STUNet, text_encoder: TextEncoder):
+        """An upsampling-only pipeline around the SSR model (no base model)."""
+        from lumiere.pipelines import LumierePipeline
+
+        return LumierePipeline.from_stunet(
+            None,
+            text_encoder=text_encoder,
+            ssr=model,
+            ssr_scale=self.config.model.ssr_scale,
+            ssr_residual=self.config.model.ssr_residual,
+        )
+
+    def save(self, model: STUNet, text_encoder: TextEncoder, directory: Path) -> None:
+        self._pipeline(model, text_encoder).save_pretrained(directory)
