@@ -18,6 +18,7 @@ import yaml
 from lumiere.cli import main
 from lumiere.config import load_config
 from lumiere.data.video_io import read_video, read_video_timed, write_video
+from lumiere.errors import InvalidArgument
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.stunet import STUNet
 from lumiere.pipelines import LumierePipeline
@@ -48,19 +49,19 @@ BAD_CALLS = [
     (dict(prompt="  \n\t"), r"prompt .* is empty; use a non-empty prompt"),
     (dict(prompt=[PROMPT, " "]), r"prompt ' ' is empty"),
     (dict(prompt=[]), r"prompt is an empty list"),
-    (dict(num_frames=0), r"num_frames=0: this STUNet takes a positive multiple of 2"),
-    (dict(num_frames=-4), r"num_frames=-4: this STUNet takes a positive multiple of 2"),
-    (dict(num_frames=3), r"num_frames=3: this STUNet takes a positive multiple of 2"),
-    (dict(height=9), r"height=9: this STUNet takes a positive multiple of 2"),
-    (dict(width=7), r"width=7: this STUNet takes a positive multiple of 2"),
-    (dict(height=0), r"height=0: this STUNet takes a positive multiple of 2"),
-    (dict(width=-16), r"width=-16: this STUNet takes a positive multiple of 2"),
+    (dict(num_frames=0), r"num_frames=0: must be a positive multiple of 2 for this model"),
+    (dict(num_frames=-4), r"num_frames=-4: must be a positive multiple of 2 for this model"),
+    (dict(num_frames=3), r"num_frames=3: must be a positive multiple of 2 for this model"),
+    (dict(height=9), r"height=9: must be a positive multiple of 2 for this model"),
+    (dict(width=7), r"width=7: must be a positive multiple of 2 for this model"),
+    (dict(height=0), r"height=0: must be a positive multiple of 2 for this model"),
+    (dict(width=-16), r"width=-16: must be a positive multiple of 2 for this model"),
     (dict(num_inference_steps=0), r"num_inference_steps=0: must be >= 1"),
     (dict(num_inference_steps=-3), r"num_inference_steps=-3: must be >= 1"),
     (dict(guidance_scale=-1.0), r"guidance_scale=-1.0: must be >= 0"),
     (dict(num_videos_per_prompt=0), r"num_videos_per_prompt=0: must be >= 1"),
     (dict(output_type="mp4"), r"output_type='mp4': choose one of np, pt, pil"),
-    (dict(window=3), r"window=3: this STUNet takes windows of a positive multiple of 2"),
+    (dict(window=3), r"window=3: must be a positive multiple of 2 for this model"),
     (dict(negative_prompt=["a", "b"]), r"negative_prompt has 2 entries for 1 prompts"),
     (dict(generator=[seeded(0), seeded(1)]), r"generator is a list of 2; give one generator per clip"),
 ]
@@ -95,6 +96,20 @@ GAPS = [
 def test_bad_pipeline_argument_type_is_refused(pipe, kwargs, name):
     with pytest.raises(ValueError, match=name):
         pipe(**{"prompt": PROMPT, **FAST, "generator": seeded(), **kwargs})
+
+
+def test_refusals_name_the_argument_for_every_front_end(pipe):
+    """An InvalidArgument carries the Python name and what it accepts; the CLI spells it as its option."""
+    with pytest.raises(InvalidArgument) as info:
+        pipe(PROMPT, num_frames=8, window=4, overlap=4, num_inference_steps=1)
+    err = info.value
+    assert (err.argument, err.value, err.has_value) == ("overlap", 4, True)
+    assert str(err) == "overlap=4: must be an integer >= 0 and < window (4)"
+    assert err.requirement_for({"window": "--window"}) == "must be an integer >= 0 and < --window (4)"
+    with pytest.raises(InvalidArgument) as info:
+        pipe(PROMPT, mask=np.ones((16, 16)), **FAST)
+    assert (info.value.argument, info.value.has_value) == ("mask", False)
+    assert str(info.value) == "mask: needs video (inpainting) or image (cinemagraph)"
 
 
 def test_whole_clip_frames_are_not_rounded(pipe):

@@ -97,7 +97,10 @@ def test_library_value_errors_are_one_line_and_exit_2(tiny_model, tmp_path, caps
     out = tmp_path / "a.mp4"
     base = ["generate", "a red circle", "--model", str(tiny_model), "-o", str(out), "--steps", "1"]
     for extra, message in (
-        (["--video", str(clip), "--frames", "8"], "num_frames=8 but the video has 4 frames"),
+        (
+            ["--video", str(clip), "--frames", "8"],
+            "argument --frames: must match the video, which has 4 frames",
+        ),
         (["--video", str(clip), "--mask", str(mask)], "mask has shape (5, 5), which does not fit the clip"),
     ):
         assert exit_code([*base, *extra]) == 2

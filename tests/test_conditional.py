@@ -251,9 +251,9 @@ def test_conditioning_is_deterministic_and_batch_invariant(pipe, image):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(mask=box_mask()), "mask= needs video="),
-        (dict(image="IMAGE", video="VIDEO"), "not both"),
-        (dict(image="IMAGE", strength=0.5), "strength= applies to video-to-video"),
+        (dict(mask=box_mask()), "mask: needs video \\(inpainting\\) or image \\(cinemagraph\\)"),
+        (dict(image="IMAGE", video="VIDEO"), "video: not allowed with image: give one"),
+        (dict(image="IMAGE", strength=0.5), "strength: applies to video-to-video only: video without mask"),
         (dict(video="VIDEO", strength=1.5), r"strength=1.5: must be in \(0, 1\]"),
         (dict(video="VIDEO", strength=0.0), r"strength=0.0: must be in \(0, 1\]"),
         (dict(video="VIDEO", mask=np.zeros((3, 16, 16))), r"mask has shape \(3, 16, 16\).*\(4, 16, 16\)"),
@@ -261,7 +261,7 @@ def test_conditioning_is_deterministic_and_batch_invariant(pipe, image):
         (dict(video="VIDEO", mask=np.zeros((16, 16))), "mask is all zero"),
         (dict(video="VIDEO", mask=np.ones((16, 16))), "mask is all one"),
         (dict(image="IMAGE", mask=np.ones((16, 16))), "mask is all one"),
-        (dict(video="VIDEO", num_frames=8), "num_frames=8 but the video has 4 frames"),
+        (dict(video="VIDEO", num_frames=8), "num_frames=8: must match the video, which has 4 frames"),
         (dict(image=np.zeros((16, 16, 5))), r"image must be \[h, w\]"),
         (dict(video=np.zeros((16, 16, 3))), r"video must be \[f, h, w, 3\]"),
         (dict(image=np.full((16, 16, 3), 2.0)), r"values in \[0, 1\]"),
@@ -455,12 +455,24 @@ def test_cli_conditioning_options(saved_conditional, tmp_path, options):
     "options, message",
     [
         (["--alpha", "0.5"], "--alpha: needs --style"),
-        (["--mask", "{mask.png}"], "--mask: needs --video"),
+        (
+            ["--mask", "{mask.png}"],
+            r"argument --mask: needs --video \(inpainting\) or --image \(cinemagraph\)$",
+        ),
         (["--video", "{video.mp4}", "--strength", "1.5"], r"--strength: must be in \(0, 1\]"),
-        (["--image", "{image.png}", "--strength", "0.5"], "--strength: applies to video-to-video"),
-        (["--image", "{image.png}", "--video", "{video.mp4}"], "--video: not allowed with --image"),
+        (
+            ["--image", "{image.png}", "--strength", "0.5"],
+            "argument --strength: applies to video-to-video only: --video without --mask$",
+        ),
+        (
+            ["--image", "{image.png}", "--video", "{video.mp4}"],
+            "argument --video: not allowed with --image: give one",
+        ),
         (["--image", "{nothing.png}"], "--image: no file"),
-        (["--video", "{video.mp4}", "--frames", "8"], "num_frames=8 but the video has 4 frames"),
+        (
+            ["--video", "{video.mp4}", "--frames", "8"],
+            r"argument --frames: must match the video, which has 4 frames \(leave --frames out .*\), got 8",
+        ),
     ],
 )
 def test_cli_bad_conditioning_options_exit_2(saved_conditional, tmp_path, capsys, options, message):

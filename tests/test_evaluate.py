@@ -139,8 +139,11 @@ def test_evaluate_in_windows_measures_longer_clips(monkeypatch):
     [
         (["--task", "i2v", "--window", "4"], "only with --task t2v"),
         (["--overlap", "2"], "give --window too"),
-        (["--window", "4", "--overlap", "4"], "must be less than --window"),
-        (["--window", "3"], "--window: must be a multiple of 2"),
+        (
+            ["--window", "4", "--overlap", "4"],
+            "argument --overlap: must be an integer >= 0 and < --window (4), got 4",
+        ),
+        (["--window", "3"], "argument --window: must be a positive multiple of 2 for this model"),
     ],
 )
 def test_cli_eval_window_options_exit_2(tmp_path, capsys, options, message):

@@ -91,8 +91,8 @@ def test_temporal_windows_cover_every_frame(data):
     [
         (16, 0, 0, r"window=0: must be an integer >= 1"),
         (16, -3, 0, r"window=-3"),
-        (16, 8, -1, r"overlap=-1: must be an integer in \[0, window - 1\] = \[0, 7\]"),
-        (16, 8, 8, r"overlap=8: must be an integer in \[0, window - 1\]"),
+        (16, 8, -1, r"overlap=-1: must be an integer >= 0 and < window \(8\)"),
+        (16, 8, 8, r"overlap=8: must be an integer >= 0 and < window \(8\)"),
         (16, 8, 9, r"overlap=9"),
         (4, 8, 2, r"window=8 is longer than the clip \(num_frames=4\); use a window in \[1, 4\]"),
         (0, 1, 0, r"num_frames=0: must be an integer >= 1"),
@@ -291,10 +291,10 @@ def test_base_windows_make_clips_longer_than_a_window(frame_mixing_pipe):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_frames=8, window=3), r"window=3: this STUNet takes windows of a positive multiple of 2"),
-        (dict(num_frames=8, window=4, overlap=4), r"overlap=4: must be an integer in \[0, window - 1\]"),
+        (dict(num_frames=8, window=3), r"window=3: must be a positive multiple of 2 for this model"),
+        (dict(num_frames=8, window=4, overlap=4), r"overlap=4: must be an integer >= 0 and < window \(4\)"),
         (dict(num_frames=8, window=0), r"window=0"),
-        (dict(num_frames=8, overlap=2), r"overlap=2 is given without window"),
+        (dict(num_frames=8, overlap=2), r"overlap: applies to base windows only: give window too"),
         (
             dict(num_frames=7, window=8),
             r"num_frames=7",

@@ -326,7 +326,7 @@ def test_upsample_clip_does_not_depend_on_the_batch(pipe):
     "kwargs, match",
     [
         (dict(window=0), r"window=0: must be an integer >= 1"),
-        (dict(window=4, overlap=4), r"overlap=4: must be an integer in \[0, window - 1\] = \[0, 3\]"),
+        (dict(window=4, overlap=4), r"overlap=4: must be an integer >= 0 and < window \(4\)"),
         (dict(window=4, overlap=-1), r"overlap=-1"),
         (dict(chunk_size=0), r"chunk_size=0"),
         (dict(noise_level=-1), r"noise_level=-1: must be an integer timestep in \[0, 999\]"),
@@ -351,7 +351,7 @@ def test_upsample_bad_inputs_raise(pipe, kwargs, match):
     "kwargs, match",
     [
         (dict(ssr_window=0), r"ssr_window=0"),
-        (dict(ssr_window=4, ssr_overlap=4), r"ssr_overlap=4: must be an integer in \[0, ssr_window - 1\]"),
+        (dict(ssr_window=4, ssr_overlap=4), r"ssr_overlap=4: must be an integer >= 0 and < ssr_window \(4\)"),
         (dict(ssr_chunk_size=0), r"ssr_chunk_size=0"),
         (dict(ssr_steps=0), r"ssr_steps=0"),
         (dict(ssr_noise_level=5000), r"ssr_noise_level=5000"),
@@ -442,14 +442,28 @@ def test_cli_upsample_and_generate(saved_pipe, tmp_path):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--window", "3"], "argument --window: must be a multiple of 2"),
-        (["--window", "4", "--overlap", "4"], "argument --overlap: must be less than --window (4), got 4"),
-        (["--overlap", "1"], "argument --overlap: applies to base windows"),
+        (
+            ["--window", "3"],
+            "argument --window: must be a positive multiple of 2 for this model (e.g. 2, 4 or 16), got 3",
+        ),
+        (
+            ["--window", "4", "--overlap", "4"],
+            "argument --overlap: must be an integer >= 0 and < --window (4), got 4",
+        ),
+        (["--overlap", "1"], "argument --overlap: applies to base windows only: give --window too"),
         (
             ["--ssr-window", "4", "--ssr-overlap", "5"],
-            "argument --ssr-overlap: must be less than --ssr-window",
+            "argument --ssr-overlap: must be an integer >= 0 and < --ssr-window (4), got 5",
         ),
-        (["--frames", "5"], "argument --frames: must be a multiple of 2"),
+        (
+            ["--frames", "5"],
+            "argument --frames: must be a positive multiple of 2 for this model (e.g. 2, 4 or 16), or longer than --window, got 5",
+        ),
+        (["--height", "9"], "argument --height: must be a positive multiple of 2 for this model, got 9"),
+        (
+            ["--no-upsample", "--ssr-window", "4", "--ssr-overlap", "4"],
+            "argument --ssr-overlap: must be an integer >= 0 and < --ssr-window (4), got 4",
+        ),
     ],
 )
 def test_cli_generate_bad_window_options_exit_2(saved_pipe, tmp_path, capsys, options, message):
@@ -458,6 +472,30 @@ def test_cli_generate_bad_window_options_exit_2(saved_pipe, tmp_path, capsys, op
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            ["--window", "4", "--overlap", "4"],
+            "argument --overlap: must be an integer >= 0 and < --window (4), got 4",
+        ),
+        (["--noise-level", "1000"], "argument --noise-level: must be an integer timestep in [0, 999]"),
+    ],
+)
+def test_cli_upsample_bad_options_exit_2_naming_the_option(saved_pipe, tmp_path, capsys, options, message):
+    """The pipeline's rule, in argparse's words: one line, the option and what it takes, before any work."""
+    source = tmp_path / "low.mp4"
+    write_video(source, low_res_clip(num_frames=5)[0], fps=4.0)
+    out = tmp_path / "x.mp4"
+    argv = ["upsample", str(source), "-o", str(out), "--prompt", PROMPT, "--model", str(saved_pipe), *options]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("lumiere upsample: error: ") and message in errors[0]
+    assert not out.exists()
 
 
 def test_cli_upsample_of_a_damaged_video_exits_1_naming_it(saved_pipe, tmp_path, capsys):

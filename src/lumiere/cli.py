@@ -6,10 +6,14 @@
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
     lumiere serve [--host H] [--port N] [--model P] a web page for generation (the web extra)
 
-Out-of-range options are argparse errors (exit code 2) naming the option. Values the library
-refuses (a ``ValueError`` or ``FileNotFoundError``: a mask that does not fit, a video too short)
-are reported at one boundary, ``main``: one line on stderr, exit code 2, no traceback (``--log-level
-DEBUG`` logs it). Failures of the work itself (a missing model, too little memory) exit with code 1.
+Out-of-range options are argparse errors (exit code 2) naming the option. What a value must be
+for the model (a window a multiple of its temporal factor, a mask that fits the clip, --strength
+with --video only) is the library's rule, not restated here: the ``ValueError`` or
+``FileNotFoundError`` it raises is reported at one boundary, ``main``: one line on stderr, exit
+code 2, no traceback (``--log-level DEBUG`` logs it). A ``lumiere.errors.InvalidArgument`` names
+the pipeline argument, which ``OPTION_OF_ARGUMENT`` turns into its option, in argparse's words
+(``argument --window: must be a positive multiple of 4 for this model ..., got 6``). Failures of
+the work itself (a missing model, too little memory) exit with code 1.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 # The library's own constants: `import lumiere.cli` imports the package (and torch) anyway.
 from lumiere.data.video_io import VIDEO_EXTENSIONS
+from lumiere.errors import InvalidArgument
 from lumiere.pipelines import SAMPLERS, SSROptions
 
 logger = logging.getLogger("lumiere")
@@ -32,6 +37,19 @@ logger = logging.getLogger("lumiere")
 _MODEL_LOAD_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
 # Values the library refuses: reported by main as option errors (exit code 2).
 _INPUT_ERRORS = (ValueError, FileNotFoundError)
+# The arguments of LumierePipeline.__call__ / .upsample that options set -> the option (the one
+# table between the library's names and the command's): how main names a refused value.
+# fmt: off
+OPTION_OF_ARGUMENT = {
+    "num_frames": "--frames", "height": "--height", "width": "--width",
+    "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+    "num_videos_per_prompt": "--num-videos", "negative_prompt": "--negative-prompt",
+    "image": "--image", "video": "--video", "mask": "--mask", "strength": "--strength",
+    "window": "--window", "overlap": "--overlap", "chunk_size": "--chunk-size", "noise_level": "--noise-level",
+    "ssr_window": "--ssr-window", "ssr_overlap": "--ssr-overlap", "ssr_chunk_size": "--ssr-chunk-size",
+    "ssr_steps": "--ssr-steps",
+}
+# fmt: on
 SSR_DEFAULTS = SSROptions()  # the SSR options' defaults, shown in --help
 
 
@@ -314,18 +332,6 @@ def _add_conditioning_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_conditioning_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Combinations of the conditioning options that mean nothing are option errors (exit 2)."""
-    if args.image is not None and args.video is not None:
-        parser.error("argument --video: not allowed with --image (give one)")
-    if args.mask is not None and args.image is None and args.video is None:
-        parser.error("argument --mask: needs --video (inpainting) or --image (cinemagraph)")
-    if args.strength is not None and (args.video is None or args.mask is not None):
-        parser.error("argument --strength: applies to video-to-video only (--video without --mask)")
-    if args.alpha is not None and args.style is None:
-        parser.error("argument --alpha: needs --style")
-
-
 def _add_base_window_options(parser: argparse.ArgumentParser, what: str) -> None:
     """--window, --overlap: the base model's temporal MultiDiffusion, for clips longer than it was
     trained on (default: the whole clip in one pass)."""
@@ -358,38 +364,13 @@ def _add_ssr_window_options(parser: argparse.ArgumentParser, prefix: str, what: 
     # fmt: on
 
 
-def _check_window_options(
-    parser: argparse.ArgumentParser, window: int | None, overlap: int | None, names: tuple[str, str]
-) -> None:
-    """Report an overlap that cannot tile a clip with its window as an option error (the types
-    already ensure window >= 1 and overlap >= 0)."""
-    if window is not None and overlap is not None and overlap >= window:
-        parser.error(f"argument {names[1]}: must be less than {names[0]} ({window}), got {overlap}")
-
-
-def _check_base_windows(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, factor: int, frames: int
-) -> None:
-    """--window/--overlap/--frames against the base model's temporal factor: a window must be a
-    multiple of it, and so must the frame count when the clip runs in one pass."""
-    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
-    if args.overlap is not None and args.window is None:
-        parser.error("argument --overlap: applies to base windows; give --window too")
-    if args.window is not None and args.window % factor:
-        parser.error(f"argument --window: must be a multiple of {factor} for this model, got {args.window}")
-    if (args.window is None or args.window >= frames) and frames % factor:
-        parser.error(
-            f"argument --frames: must be a multiple of {factor} for this model, got {frames} "
-            "(or give a shorter --window)"
-        )
-
-
 def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
     from lumiere.data.video_io import make_grid, write_video
 
-    _check_conditioning_options(parser, args)
+    if args.alpha is not None and args.style is None:
+        parser.error("argument --alpha: needs --style")
     pipe = _load_pipeline(args, parser)
     if isinstance(pipe, int):
         return pipe
@@ -404,23 +385,14 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         except _MODEL_LOAD_ERRORS as err:
             return _fail(parser, f"--style {args.style}: {err}")
 
-    # Options that depend on the model: reported like any other out-of-range option.
-    stunet = pipe.stunet
-    _check_window_options(parser, args.ssr_window, args.ssr_overlap, ("--ssr-window", "--ssr-overlap"))
-    # with --video the frame count is the video's, checked by the pipeline
-    _check_base_windows(parser, args, stunet.temporal_factor, 16 if args.frames is None else args.frames)
-    for option, value in (("--height", args.height), ("--width", args.width)):
-        if value is not None and value % stunet.spatial_factor:
-            parser.error(
-                f"argument {option}: must be a multiple of {stunet.spatial_factor} for this model, got {value}"
-            )
-
     _place(pipe, args)
     # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
     ssr_options = SSROptions(args.ssr_window, args.ssr_overlap, args.ssr_chunk_size, steps=args.ssr_steps)
     # Options map one to one onto the pipeline's keywords (here and in upsample's call): the two
-    # calls share their shape (keyword=args.option), not logic.
+    # calls share their shape (keyword=args.option), not logic. What the model cannot take (a window
+    # not a multiple of its temporal factor, a mask that does not fit) the pipeline refuses before
+    # any work: an InvalidArgument that main reports as an option error.
     try:
         frames = pipe(
             args.prompt,
@@ -506,7 +478,6 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     if not args.input.is_file():
         parser.error(f"argument IN: no such file: {str(args.input)!r}")
-    _check_window_options(parser, args.window, args.overlap, ("--window", "--overlap"))
     pipe = _load_pipeline(args, parser)
     if isinstance(pipe, int):
         return pipe
@@ -516,7 +487,7 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
     except ValueError as err:  # not a video, or a damaged one (names the file)
         return _fail(parser, str(err))
-    _place(pipe, args)  # the pipeline checks the frame size against the SSR model (a ValueError: exit 2)
+    _place(pipe, args)  # the pipeline checks windows and frame size before any work (a ValueError: exit 2)
     try:
         video = pipe.upsample(
             frames[None],
@@ -645,7 +616,6 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _fail(parser, "this model has no base stunet (it can only upsample); eval needs one")
     if (args.window is not None or args.overlap is not None) and args.task != "t2v":
         parser.error("argument --window/--overlap: only with --task t2v")
-    _check_base_windows(parser, args, pipe.stunet.temporal_factor, args.frames)
     pipe.set_progress_bar_config(disable=True)
     common = dict(
         count=args.count,
@@ -880,6 +850,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refusal(err: Exception) -> str:
+    """The library's refusal in the command's words: an ``InvalidArgument`` of an argument an
+    option sets names the option, as argparse does; anything else is the library's message."""
+    if not isinstance(err, InvalidArgument) or err.argument not in OPTION_OF_ARGUMENT:
+        return str(err)
+    got = f", got {err.value}" if err.has_value else ""
+    return f"argument {OPTION_OF_ARGUMENT[err.argument]}: {err.requirement_for(OPTION_OF_ARGUMENT)}{got}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lumiere`` command; returns the exit code (argparse exits with 2 on bad options)."""
     parser = build_parser()
@@ -891,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args, parser)
     except _INPUT_ERRORS as err:  # the one boundary for values the library refuses
         logger.debug("refused", exc_info=True)
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        parser.exit(2, f"{parser.prog}: error: {_refusal(err)}\n")
 
 
 if __name__ == "__main__":

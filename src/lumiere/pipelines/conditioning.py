@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from lumiere.errors import InvalidArgument
 from lumiere.models.conditional import (
     MASK_CONDITION_CHANNELS,
     MaskCondition,
@@ -132,18 +133,21 @@ def prepare_conditioning(
 
     A mask has the generated size (height x width) or the size of the image / video given, which
     it is then resized with (nearest, binarised: ``lumiere.pipelines.inputs.load_mask``). Raises
-    ``ValueError`` naming the argument for combinations that mean nothing or masks that do not fit.
+    ``InvalidArgument`` (a ``ValueError``) naming the argument for combinations that mean nothing,
+    and ``ValueError`` for inputs that cannot be read or masks that do not fit.
     """
     if image is not None and video is not None:
-        raise ValueError(
-            "give image= or video=, not both (image: image-to-video/cinemagraph; video: inpainting/SDEdit)"
+        raise InvalidArgument(
+            "video",
+            "not allowed with {image}: give one ({image}: image-to-video or cinemagraph; {video}: inpainting "
+            "or video-to-video)",
         )
     if mask is not None and image is None and video is None:
-        raise ValueError("mask= needs video= (inpainting) or image= (cinemagraph)")
+        raise InvalidArgument("mask", "needs {video} (inpainting) or {image} (cinemagraph)")
     if strength is not None and (video is None or mask is not None):
-        raise ValueError("strength= applies to video-to-video only: give video= without mask=")
+        raise InvalidArgument("strength", "applies to video-to-video only: {video} without {mask}")
     if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)):
-        raise ValueError(f"num_frames={num_frames!r}: must be a positive integer")
+        raise InvalidArgument("num_frames", "must be a positive integer", num_frames)
     if image is None and video is None:
         conditioning = Conditioning("text-to-video", DEFAULT_NUM_FRAMES if num_frames is None else num_frames)
     elif video is not None:
@@ -151,7 +155,7 @@ def prepare_conditioning(
     else:
         frames = DEFAULT_NUM_FRAMES if num_frames is None else num_frames
         if frames < 1:
-            raise ValueError(f"num_frames={frames}: must be >= 1")
+            raise InvalidArgument("num_frames", "must be >= 1", frames)
         conditioning = _image_conditioning(image, mask, frames, (height, width))
     conditioning.keep_known = keep_known
     return conditioning
@@ -185,16 +189,18 @@ def _video_conditioning(
     pixels = decode_video(video)  # [f, 3, H, W] at its own size
     frames = pixels.shape[0]
     if num_frames is not None and num_frames != frames:
-        raise ValueError(
-            f"num_frames={num_frames} but the video has {frames} frames; leave num_frames out "
-            "to use the video's length, or trim the video"
+        raise InvalidArgument(
+            "num_frames",
+            f"must match the video, which has {frames} frames (leave {{num_frames}} out to take the video's "
+            "length, or trim the video)",
+            num_frames,
         )
     clip = fit_frames(pixels, *size, "video").permute(1, 0, 2, 3).contiguous() * 2 - 1  # [3, f, h, w]
     if mask is None:
         strength = DEFAULT_STRENGTH if strength is None else strength
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ValueError(
-                f"strength={strength!r}: must be in (0, 1] (0.6 is typical; 1 re-generates from pure noise)"
+            raise InvalidArgument(
+                "strength", "must be in (0, 1] (0.6 is typical; 1 re-generates from pure noise)", strength
             )
         return Conditioning("video-to-video", frames, clip=clip, strength=float(strength))
     region = load_mask(mask, frames, *size, given_size=tuple(pixels.shape[-2:]))

@@ -50,6 +50,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from lumiere.errors import InvalidArgument
 from lumiere.models.conditional import MaskCondition, is_conditional_stunet
 from lumiere.models.ssr import (
     SAMPLING_NOISE_LEVEL,
@@ -334,7 +335,8 @@ class LumierePipeline(DiffusionPipeline):
         window: int | None = None,
         overlap: int | None = None,
     ) -> list[str]:
-        """Raise ``ValueError`` naming the bad argument and what it accepts; return the prompts."""
+        """Raise ``InvalidArgument`` (a ``ValueError``) naming the bad argument and what it accepts;
+        return the prompts. Cheap: front ends rely on it running before any work."""
         if self.stunet is None:
             raise ValueError(
                 "this pipeline has no base stunet (an upsampling-only pipeline): use pipe.upsample(video, prompt)"
@@ -348,9 +350,9 @@ class LumierePipeline(DiffusionPipeline):
             ("num_videos_per_prompt", num_videos_per_prompt),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name}={value!r}: must be an integer")
+                raise InvalidArgument(name, "must be an integer", value)
         if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number >= 0")
+            raise InvalidArgument("guidance_scale", "must be a finite number >= 0", guidance_scale)
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             if len(negative_prompt) != len(prompts):
                 raise ValueError(
@@ -358,33 +360,32 @@ class LumierePipeline(DiffusionPipeline):
                     "give one string, or one per prompt"
                 )
         if window is None and overlap is not None:
-            raise ValueError(
-                f"overlap={overlap} is given without window; overlap applies to base windows only"
-            )
+            raise InvalidArgument("overlap", "applies to base windows only: give {window} too")
         factor = self.stunet.temporal_factor
+        examples = f"(e.g. {factor}, {2 * factor} or {8 * factor})"
         if window is not None and window % factor:
-            raise ValueError(
-                f"window={window}: this STUNet takes windows of a positive multiple of {factor} frames "
-                f"(e.g. {factor}, {2 * factor}, {8 * factor})"
+            raise InvalidArgument(
+                "window", f"must be a positive multiple of {factor} for this model {examples}", window
             )
         windowed = window is not None and window < num_frames  # else the whole clip is one pass
         if num_frames < 1 or (not windowed and num_frames % factor):
-            raise ValueError(
-                f"num_frames={num_frames}: this STUNet takes a positive multiple of {factor} "
-                f"(e.g. {factor}, {2 * factor}, {8 * factor}), or any count longer than a window"
+            raise InvalidArgument(
+                "num_frames",
+                f"must be a positive multiple of {factor} for this model {examples}, or longer than {{window}}",
+                num_frames,
             )
         space = self.stunet.spatial_factor
         for name, size in (("height", height), ("width", width)):
             if size < 1 or size % space:
-                raise ValueError(f"{name}={size}: this STUNet takes a positive multiple of {space}")
+                raise InvalidArgument(name, f"must be a positive multiple of {space} for this model", size)
         if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps={num_inference_steps}: must be >= 1")
+            raise InvalidArgument("num_inference_steps", "must be >= 1", num_inference_steps)
         if guidance_scale < 0:
-            raise ValueError(
-                f"guidance_scale={guidance_scale}: must be >= 0 (<= 1 means no guidance, ~5 is typical)"
+            raise InvalidArgument(
+                "guidance_scale", "must be >= 0 (<= 1 means no guidance, ~5 is typical)", guidance_scale
             )
         if num_videos_per_prompt < 1:
-            raise ValueError(f"num_videos_per_prompt={num_videos_per_prompt}: must be >= 1")
+            raise InvalidArgument("num_videos_per_prompt", "must be >= 1", num_videos_per_prompt)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
         num_clips = len(prompts) * num_videos_per_prompt
@@ -580,7 +581,7 @@ class LumierePipeline(DiffusionPipeline):
         options: SSROptions,
         names: Mapping[str, str] | None = None,  # argument names as the caller spells them
     ) -> list[slice] | None:
-        """Raise ``ValueError`` naming the bad argument; return the SSR's temporal windows (None:
+        """Raise ``InvalidArgument`` naming the bad argument; return the SSR's temporal windows (None:
         the whole clip in one pass). A clip no longer than ``options.window`` is a single window.
         ``names`` maps ``SSROptions`` fields to the caller's arguments (default: ``ssr_window``, ...)."""
         name = {field: SSROptions.argument(field) for field in SSROptions.fields()} | dict(names or {})
@@ -595,20 +596,22 @@ class LumierePipeline(DiffusionPipeline):
                 )
         chunk_size, steps, guidance_scale = options.chunk_size, options.steps, options.guidance_scale
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(
-                f"{name['chunk_size']}={chunk_size!r}: must be an integer >= 1 (windows per call)"
+            raise InvalidArgument(
+                name["chunk_size"], "must be an integer >= 1 (windows per call)", chunk_size
             )
         if steps < 1:
-            raise ValueError(f"{name['steps']}={steps}: must be >= 1")
+            raise InvalidArgument(name["steps"], "must be >= 1", steps)
         if guidance_scale < 0:
-            raise ValueError(
-                f"{name['guidance_scale']}={guidance_scale}: must be >= 0 (<= 1 means no guidance)"
+            raise InvalidArgument(
+                name["guidance_scale"], "must be >= 0 (<= 1 means no guidance)", guidance_scale
             )
         levels, noise_level = len(_alphas_cumprod(self.scheduler)), options.noise_level
         if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level < levels:
-            raise ValueError(
-                f"{name['noise_level']}={noise_level!r}: must be an integer timestep in [0, {levels - 1}] "
-                f"(augmentation of the low-res clip; default {SAMPLING_NOISE_LEVEL})"
+            raise InvalidArgument(
+                name["noise_level"],
+                f"must be an integer timestep in [0, {levels - 1}] (augmentation of the low-res clip; "
+                f"default {SAMPLING_NOISE_LEVEL})",
+                noise_level,
             )
         return _windows(num_frames, options.window, options.overlap, (name["window"], name["overlap"]))
 
@@ -865,6 +868,8 @@ class LumierePipeline(DiffusionPipeline):
         """The SSR pass's checked options (steps resolved) and windows; None when it does not run."""
         options = SSROptions.from_call(options, flat)
         if not (upsample and self.ssr is not None):
+            # Windows that cannot tile a clip are refused even unused, as any other bad argument.
+            _windows(num_frames, options.window, options.overlap, ("ssr_window", "ssr_overlap"))
             return None
         if options.steps is None:
             options = dataclasses.replace(options, steps=num_inference_steps)

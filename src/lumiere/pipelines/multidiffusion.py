@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lumiere.errors import InvalidArgument
+
 # ``model_fn(chunk, windows) -> prediction``: ``chunk`` is ``[k*b, c, w, h, w]``, the ``k`` windows
 # of ``windows`` concatenated along the batch (window-major: window 0's b clips first); the model
 # returns ``[k*b, c_out, w, h, w]`` in the same order. ``windows`` lets the model cut per-frame
@@ -40,17 +42,17 @@ def _is_int(value: object) -> bool:
 
 
 def check_window(window: int, overlap: int, names: tuple[str, str] = ("window", "overlap")) -> None:
-    """Raise ``ValueError`` unless ``window >= 1`` and ``0 <= overlap <= window - 1``.
+    """Raise ``InvalidArgument`` unless ``window >= 1`` and ``0 <= overlap <= window - 1``.
 
-    ``names``: how the caller spells the two arguments (e.g. ``("ssr_window", "ssr_overlap")``).
+    ``names``: the caller's arguments (e.g. ``("ssr_window", "ssr_overlap")``), named in the error.
     """
     window_name, overlap_name = names
     if not _is_int(window) or window < 1:
-        raise ValueError(f"{window_name}={window!r}: must be an integer >= 1 (frames per temporal window)")
+        raise InvalidArgument(window_name, "must be an integer >= 1 (frames per temporal window)", window)
     if not _is_int(overlap) or not 0 <= overlap < window:
-        raise ValueError(
-            f"{overlap_name}={overlap!r}: must be an integer in [0, {window_name} - 1] = [0, {window - 1}] "
-            f"for {window_name}={window} (frames shared by neighbouring windows)"
+        # {window_name} is a placeholder: each front end names the window its own way (InvalidArgument)
+        raise InvalidArgument(
+            overlap_name, f"must be an integer >= 0 and < {{{window_name}}} ({window})", overlap
         )
 
 
