@@ -13,6 +13,12 @@ Every inserted block is residual with a zero-initialised output, and the tempora
 initialised to nearest-neighbour resampling (App. B), so on a video whose frames are all the same
 image the inflated model gives exactly the image model's output on every frame.
 
+Image models it inflates: the block types, embeddings and attention options of the published
+diffusers configs of Stable Diffusion 1.x / 2.x, SDXL base and refiner, the SD x4 upscaler and
+DeepFloyd IF stages I and II (the paper's Imagen is a pixel cascade like IF). The image model's
+embeddings (timestep, class labels, SDXL's added text/time conditions, IF's pooled text, the text
+projection) are its own modules, called through its own helper methods, once per clip.
+
 Axis legend (einops):
     b  batch            c  channels
     f  frames           h, w  height, width
@@ -32,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
+from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
 from diffusers.utils import BaseOutput
 from einops import rearrange
 from torch import nn
@@ -44,17 +51,26 @@ from lumiere.checkpoint import write_checksums
 from lumiere.models.inflate import load_image_weights
 from lumiere.models.loading import check_saved_stunet, weight_files
 
-# Blocks whose internals (resnets / attentions / resizers) the STUNet knows how to call.
-SUPPORTED_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
-SUPPORTED_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
-SUPPORTED_MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
-# Image-model features that have no meaning for text-to-video and are refused explicitly.
-UNSUPPORTED_FEATURES = (
-    "class_embed_type",
-    "addition_embed_type",
-    "time_cond_proj_dim",
-    "num_class_embeds",
+# Blocks whose internals (resnets / attentions / resizers) the STUNet knows how to call. The
+# "Resnet*" and "Simple*" ones are DeepFloyd IF's: resizing by a ResnetBlock2D, attention by
+# diffusers' Attention with the text as added keys/values.
+SUPPORTED_DOWN_BLOCKS = (
+    "DownBlock2D",
+    "CrossAttnDownBlock2D",
+    "ResnetDownsampleBlock2D",
+    "SimpleCrossAttnDownBlock2D",
 )
+SUPPORTED_UP_BLOCKS = (
+    "UpBlock2D",
+    "CrossAttnUpBlock2D",
+    "ResnetUpsampleBlock2D",
+    "SimpleCrossAttnUpBlock2D",
+)
+SUPPORTED_MID_BLOCKS = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2DSimpleCrossAttn")
+# Added embeddings: IF's pooled text ("text") and SDXL's text/time conditions ("text_time"). The
+# Kandinsky ones ("text_image", "image", "image_hint") need image embeddings and are refused.
+SUPPORTED_ADDITION_EMBEDS = (None, "text", "text_time")
+SUPPORTED_ENCODER_HID_DIM_TYPES = (None, "text_proj")
 
 
 @dataclass
@@ -290,11 +306,19 @@ class FrameConditioning:
     """Timestep embedding ``[b, d_t]`` and text states ``[b, n, d]``, repeated per frame on demand.
 
     Levels run at different frame counts once time is downsampled; ``at(f)`` returns the
-    ``[(b f), ...]`` tensors for ``f`` frames, computed once per count.
+    ``[(b f), ...]`` tensors for ``f`` frames, computed once per count. ``attention_kwargs`` are
+    the caller's ``cross_attention_kwargs``, passed unchanged to the image model's attentions.
     """
 
-    def __init__(self, temb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None):
+    def __init__(
+        self,
+        temb: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        attention_kwargs: dict[str, Any] | None = None,
+    ):
         self.temb, self.text, self.text_mask = temb, text, text_mask
+        self.attention_kwargs = attention_kwargs
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def at(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -326,6 +350,42 @@ class _CheckpointedLayers(nn.Module):
         return self.layer(*args)
 
 
+def _spatial_attention(
+    attention: nn.Module, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
+) -> torch.Tensor:
+    """One image-model attention over ``[(b f), c, h, w]``, called as its block calls it.
+
+    A ``Transformer2DModel`` (SD 1.x/2.x, SDXL, x4 upscaler) takes the mask as
+    ``encoder_attention_mask``; IF's ``Simple*CrossAttn`` blocks hold a bare ``Attention`` whose
+    keys/values include the text, and pass the text mask as its ``attention_mask``.
+    """
+    _, text, text_mask = conditioning.at(num_frames)
+    if isinstance(attention, Attention):
+        return attention(
+            hidden_states,
+            encoder_hidden_states=text,
+            attention_mask=text_mask,
+            **(conditioning.attention_kwargs or {}),
+        )
+    return attention(
+        hidden_states,
+        encoder_hidden_states=text,
+        encoder_attention_mask=text_mask,
+        cross_attention_kwargs=conditioning.attention_kwargs,
+        return_dict=False,
+    )[0]
+
+
+def _spatial_resize(
+    resizer: nn.Module, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
+) -> torch.Tensor:
+    """One image-model spatial down/upsampler: IF's are ``ResnetBlock2D``s that also take the
+    timestep embedding; ``Downsample2D`` / ``Upsample2D`` take the activations alone."""
+    if isinstance(resizer, ResnetBlock2D):
+        return resizer(hidden_states, conditioning.at(num_frames)[0])
+    return resizer(hidden_states)
+
+
 def _spatial_layer(
     spatial: nn.Module,
     index: int,
@@ -334,13 +394,10 @@ def _spatial_layer(
     num_frames: int,
 ) -> torch.Tensor:
     """The image model's resnet ``index`` (and its cross-attention, if the block has one)."""
-    temb, text, text_mask = conditioning.at(num_frames)
-    hidden_states = spatial.resnets[index](hidden_states, temb)
+    hidden_states = spatial.resnets[index](hidden_states, conditioning.at(num_frames)[0])
     attentions = getattr(spatial, "attentions", None)
     if attentions is not None:
-        hidden_states = attentions[index](
-            hidden_states, encoder_hidden_states=text, encoder_attention_mask=text_mask, return_dict=False
-        )[0]
+        hidden_states = _spatial_attention(attentions[index], hidden_states, conditioning, num_frames)
     return hidden_states
 
 
@@ -382,7 +439,7 @@ class SpaceTimeDownBlock(_SpaceTimeLevel):
             skips.append(hidden_states)
         if self.spatial.downsamplers is not None:
             for downsampler in self.spatial.downsamplers:
-                hidden_states = downsampler(hidden_states)
+                hidden_states = _spatial_resize(downsampler, hidden_states, conditioning, num_frames)
             if self.temporal_downsampler is not None:
                 hidden_states = self.temporal_downsampler(hidden_states, num_frames)
                 num_frames //= 2
@@ -413,9 +470,8 @@ class SpaceTimeMidBlock(_CheckpointedLayers):
         if index == 0:
             return self.spatial.resnets[0](hidden_states, temb)
         if index <= len(self.spatial.attentions):
-            hidden_states = self.spatial.attentions[index - 1](
-                hidden_states, encoder_hidden_states=text, encoder_attention_mask=text_mask, return_dict=False
-            )[0]
+            attention = self.spatial.attentions[index - 1]
+            hidden_states = _spatial_attention(attention, hidden_states, conditioning, num_frames)
             return self.spatial.resnets[index](hidden_states, temb)
         block = self.temporal_attentions[index - 1 - len(self.spatial.attentions)]
         return block(hidden_states, num_frames, text, text_mask)
@@ -452,7 +508,7 @@ class SpaceTimeUpBlock(_SpaceTimeLevel):
             hidden_states = self.run_layer(index, hidden_states, skips.pop(), conditioning, num_frames)
         if self.spatial.upsamplers is not None:
             for upsampler in self.spatial.upsamplers:
-                hidden_states = upsampler(hidden_states)
+                hidden_states = _spatial_resize(upsampler, hidden_states, conditioning, num_frames)
             if self.temporal_upsampler is not None:
                 hidden_states = self.temporal_upsampler(hidden_states, num_frames)
                 num_frames *= 2
@@ -465,27 +521,38 @@ class SpaceTimeUpBlock(_SpaceTimeLevel):
 
 
 def check_unet_config(unet_config: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming what the STUNet cannot inflate in a UNet2DConditionModel config."""
-    for name in UNSUPPORTED_FEATURES:
-        if unet_config.get(name) is not None:
-            raise ValueError(
-                f"cannot inflate a UNet2DConditionModel with {name}={unet_config[name]!r}; set it to None"
-            )
+    """Raise ``ValueError`` naming what the STUNet cannot inflate in a UNet2DConditionModel config,
+    and listing what it can."""
     for key, allowed in (
         ("down_block_types", SUPPORTED_DOWN_BLOCKS),
         ("up_block_types", SUPPORTED_UP_BLOCKS),
     ):
         for block_type in unet_config.get(key, ()):
             if block_type not in allowed:
-                raise ValueError(f"{key} contains {block_type!r}; supported: {', '.join(allowed)}")
+                raise ValueError(
+                    f"cannot inflate {key} entry {block_type!r}; supported: {', '.join(allowed)}"
+                )
     mid = unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
     if mid not in SUPPORTED_MID_BLOCKS:
         raise ValueError(
-            f"mid_block_type={mid!r} is not supported; supported: {', '.join(SUPPORTED_MID_BLOCKS)}"
+            f"cannot inflate mid_block_type={mid!r} (the temporal attention sits at the mid block); "
+            f"supported: {', '.join(SUPPORTED_MID_BLOCKS)}"
         )
-    hid_type = unet_config.get("encoder_hid_dim_type")
-    if hid_type not in (None, "text_proj"):
-        raise ValueError(f"encoder_hid_dim_type={hid_type!r} is not supported; use None or 'text_proj'")
+    for key, allowed in (
+        ("addition_embed_type", SUPPORTED_ADDITION_EMBEDS),
+        ("encoder_hid_dim_type", SUPPORTED_ENCODER_HID_DIM_TYPES),
+    ):
+        value = unet_config.get(key)
+        if value not in allowed:
+            raise ValueError(f"cannot inflate {key}={value!r}; supported: {', '.join(map(repr, allowed))}")
+    # Their layers take other arguments than the image model's blocks pass here (GLIGEN's grounding
+    # tokens, DualTransformer2DModel's two text streams).
+    if unet_config.get("attention_type", "default") != "default":
+        raise ValueError(
+            f"cannot inflate attention_type={unet_config['attention_type']!r}; supported: 'default'"
+        )
+    if unet_config.get("dual_cross_attention"):
+        raise ValueError("cannot inflate dual_cross_attention=True; supported: False")
 
 
 def _resolve_temporal_downsample(
@@ -504,14 +571,20 @@ def _resolve_temporal_downsample(
     return flags
 
 
-class STUNet(ModelMixin, ConfigMixin):
+class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
     """Space-Time U-Net (Lumiere Sec. 3.1): an inflated diffusers ``UNet2DConditionModel``.
 
     Build it with ``STUNet.from_unet2d(unet2d)`` to keep the image model's weights; the constructor
     itself (the saved config) takes the image model's config.
 
+    diffusers' attention interface (``AttentionMixin``: ``attn_processors``,
+    ``set_attn_processor``, ``fuse_qkv_projections``) reaches every attention, the image model's
+    and the temporal ones, as it does on the image U-Net.
+
     Call: ``sample [b, c, f, h, w]``, ``timestep`` scalar or ``[b]``, ``encoder_hidden_states
-    [b, n, d]`` (shared by all frames) -> ``STUNetOutput.sample [b, c_out, f, h, w]``.
+    [b, n, d]`` (shared by all frames), and per clip what the image model takes (``class_labels``,
+    ``added_cond_kwargs``, ``timestep_cond``, ``encoder_attention_mask``, ...) ->
+    ``STUNetOutput.sample [b, c_out, f, h, w]``.
     """
 
     _supports_gradient_checkpointing = True
@@ -544,10 +617,22 @@ class STUNet(ModelMixin, ConfigMixin):
         self.conv_in = image_model.conv_in
         if extra_in_channels:
             self.conv_in = _widened_conv(self.conv_in, extra_in_channels)
+        # The image model's embeddings, under its own names (so its weights keep their keys), and
+        # its config, which its embedding helpers read (see _ImageEmbeddings).
+        self.image_config = image_config
         self.time_proj = image_model.time_proj
         self.time_embedding = image_model.time_embedding
         self.time_embed_act = image_model.time_embed_act
         self.encoder_hid_proj = image_model.encoder_hid_proj
+        self.class_embedding = image_model.class_embedding
+        self.add_embedding = getattr(image_model, "add_embedding", None)
+        self.add_time_proj = getattr(image_model, "add_time_proj", None)
+        if noise_level_conditioning and image_config.class_embeddings_concat:
+            raise ValueError(
+                "noise_level_conditioning adds to the timestep embedding, but this image model "
+                "concatenates its class embedding (class_embeddings_concat=True); pass the noise level "
+                "as class_labels instead"
+            )
         self.noise_level_embedding = (
             NoiseLevelEmbedding(
                 self.time_embedding.linear_1.in_features, self.time_embedding.linear_1.out_features
@@ -588,10 +673,14 @@ class STUNet(ModelMixin, ConfigMixin):
     def from_unet2d(cls, unet2d: UNet2DConditionModel, **temporal_options: Any) -> STUNet:
         """Inflate an image model: keep its blocks and weights, insert Lumiere's temporal modules.
 
-        ``temporal_options`` are the constructor's own (``temporal_resizing``,
-        ``temporal_attention_layers``, ``noise_level_conditioning``, ...), with its defaults. The
-        weights are copied by ``lumiere.models.inflate``'s key mapping, which knows nothing of
-        this class (the import runs one way: stunet -> inflate).
+        ``unet2d``: any layout of the published SD 1.x / 2.x, SDXL (base, refiner), SD x4 upscaler
+        and DeepFloyd IF (I, II) configs (block types in ``SUPPORTED_DOWN_BLOCKS`` /
+        ``SUPPORTED_UP_BLOCKS`` / ``SUPPORTED_MID_BLOCKS``); another layout is a ``ValueError``
+        naming what is not supported. ``temporal_options`` are the constructor's own
+        (``temporal_resizing``: by default time is halved at every spatial downsampler, the
+        paper's choice; ``temporal_attention_layers``, ``noise_level_conditioning``, ...), with its
+        defaults. The weights are copied by ``lumiere.models.inflate``'s key mapping, which knows
+        nothing of this class (the import runs one way: stunet -> inflate).
         """
         unet_config = {k: v for k, v in unet2d.config.items() if not k.startswith("_")}
         stunet = cls(unet_config=unet_config, **temporal_options)
@@ -647,6 +736,19 @@ class STUNet(ModelMixin, ConfigMixin):
             raise ValueError(f"extra_channels must be >= 1, got {extra_channels}")
         self.conv_in = _widened_conv(self.conv_in, extra_channels)
         self.register_to_config(extra_in_channels=self.config.extra_in_channels + extra_channels)
+
+    # ----- attention interface --------------------------------------------------------------
+
+    def fuse_qkv_projections(self) -> None:
+        """Fuse the query/key/value projections of every attention (key/value for cross-attention)
+        exactly as diffusers fuses the image U-Net's: ``AttentionMixin``'s version reaches only
+        diffusers' newer attention classes, not the ``Attention`` both models use. Refused, as
+        there, for attentions with added key/value projections (DeepFloyd IF's)."""
+        UNet2DConditionModel.fuse_qkv_projections(self)
+
+    def unfuse_qkv_projections(self) -> None:
+        """Go back to the processors used before ``fuse_qkv_projections``."""
+        UNet2DConditionModel.unfuse_qkv_projections(self)
 
     # ----- parameter groups -----------------------------------------------------------------
 
@@ -724,12 +826,20 @@ class STUNet(ModelMixin, ConfigMixin):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         noise_level: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
     ) -> STUNetOutput | tuple[torch.Tensor]:
         """Predict from a noisy video.
 
         sample ``[b, c, f, h, w]``; timestep scalar or ``[b]``; encoder_hidden_states ``[b, n, d]``;
-        encoder_attention_mask ``[b, n]`` (1 keeps a token); noise_level ``[b]`` (SSR only).
+        encoder_attention_mask ``[b, n]`` (1 keeps a token); noise_level ``[b]`` (our SSR's
+        ``noise_level_conditioning`` only). What the image model takes, per clip, with its meaning
+        there: class_labels ``[b]`` (e.g. the noise level of IF stage II or the x4 upscaler),
+        timestep_cond ``[b, time_cond_proj_dim]``, added_cond_kwargs (SDXL: ``text_embeds [b, d]``,
+        ``time_ids [b, k]``), cross_attention_kwargs (passed to the image model's attentions).
         """
         self.check_input(sample)
         batch, _, num_frames = sample.shape[:3]
@@ -737,13 +847,24 @@ class STUNet(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"encoder_hidden_states must be [b={batch}, n, d], got {tuple(encoder_hidden_states.shape)}"
             )
+        added_cond_kwargs = added_cond_kwargs or {}
+        if self.image_config.center_input_sample:
+            sample = 2 * sample - 1.0
 
-        # 1. Timestep embedding [b, d_t], shared by the frames of a clip.
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps[None]
-        timesteps = timesteps.expand(batch)
-        temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
+        # 1. Embedding [b, d_t] of the timestep and of what else the image model embeds (class
+        #    labels, added conditions), by its own modules and helpers; shared by a clip's frames.
+        image = _ImageEmbeddings(self)
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        temb = self.time_embedding(
+            UNet2DConditionModel.get_time_embed(image, sample, timestep), timestep_cond
+        )
+        class_emb = UNet2DConditionModel.get_class_embed(image, sample, class_labels)
+        if class_emb is not None:
+            concat = self.image_config.class_embeddings_concat
+            temb = torch.cat([temb, class_emb], dim=-1) if concat else temb + class_emb
+        aug_emb = UNet2DConditionModel.get_aug_embed(image, temb, encoder_hidden_states, added_cond_kwargs)
+        if aug_emb is not None:
+            temb = temb + aug_emb
         if self.noise_level_embedding is not None:
             if noise_level is None:
                 raise ValueError("this STUNet is conditioned on noise_level ([b]); pass noise_level")
@@ -752,13 +873,15 @@ class STUNet(ModelMixin, ConfigMixin):
         if self.time_embed_act is not None:
             temb = self.time_embed_act(temb)
 
-        # 2. Text states [b, n, d] and mask as an additive bias [b, 1, n] (diffusers convention).
-        if self.encoder_hid_proj is not None:
-            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
+        # 2. Text states [b, n, d] (projected, e.g. IF's T5 width to its cross-attention width) and
+        #    mask as an additive bias [b, 1, n] (diffusers convention).
+        encoder_hidden_states = UNet2DConditionModel.process_encoder_hidden_states(
+            image, encoder_hidden_states, added_cond_kwargs
+        )
         mask_bias = None
         if encoder_attention_mask is not None:
             mask_bias = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
-        conditioning = FrameConditioning(temb, encoder_hidden_states, mask_bias)
+        conditioning = FrameConditioning(temb, encoder_hidden_states, mask_bias, cross_attention_kwargs)
 
         # 3. Frames become batch entries for the image model's 2-D layers: [(b f), c, h, w].
         hidden_states = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
@@ -784,6 +907,24 @@ class STUNet(ModelMixin, ConfigMixin):
         if not return_dict:
             return (output,)
         return STUNetOutput(sample=output)
+
+
+class _ImageEmbeddings:
+    """The STUNet seen as its image model by ``UNet2DConditionModel``'s embedding helpers
+    (``get_time_embed``, ``get_class_embed``, ``get_aug_embed``, ``process_encoder_hidden_states``).
+
+    Those helpers read the embedding modules (``time_proj``, ``class_embedding``,
+    ``add_embedding``, ``add_time_proj``, ``encoder_hid_proj``), which the STUNet holds under the
+    same names, and ``config``, which must be the image model's. Calling them keeps every embedding
+    exactly the image model's without re-implementing diffusers' logic.
+    """
+
+    def __init__(self, stunet: STUNet):
+        self._stunet = stunet
+        self.config = stunet.image_config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stunet, name)
 
 
 def _widened_conv(conv: nn.Conv2d, extra_channels: int) -> nn.Conv2d:
