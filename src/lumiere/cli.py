@@ -5,6 +5,7 @@
     lumiere train CONFIG.yaml [--resume]            one training stage from a YAML config
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
     lumiere serve [--host H] [--port N] [--model P] a web page for generation (the web extra)
+    lumiere estimate CONFIG|DIR|paper [--frames N]  parameters, FLOPs and memory, on the meta device
 
 Out-of-range options are argparse errors (exit code 2) naming the option. What a value must be
 for the model (a window a multiple of its temporal factor, a mask that fits the clip, --strength
@@ -550,6 +551,33 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 # ---------------------------------------------------------------------------------------------
+# lumiere inflate
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_inflate(parser: argparse.ArgumentParser) -> None:
+    """Inflate a local diffusers DeepFloyd IF folder into a Lumiere pipeline folder (the paper's
+    cascade, Sec. 3): the base STUNet from stage I with temporal down/up-sampling, an SSR STUNet
+    from stage II (--ssr) without it, the T5 encoder referred to by its path (not copied), and
+    stage I's noise schedule. Nothing is downloaded. Fine-tune it with `lumiere train`
+    (stage stunet, model.init_from: OUT)."""
+    parser.add_argument("source", type=Path, help="local diffusers IF stage I folder (model_index.json, unet/, ...)")
+    parser.add_argument("--out", type=Path, required=True, help="Lumiere pipeline folder to write")
+    parser.add_argument("--ssr", type=Path, default=None, help="local diffusers IF stage II folder (its unet/)")
+
+
+def _run_inflate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from lumiere.pipelines.convert import inflate_if_pipeline
+
+    try:
+        out = inflate_if_pipeline(args.source, args.out, ssr_source=args.ssr)
+    except _MODEL_LOAD_ERRORS as err:
+        return _fail(parser, str(err))
+    logger.info("wrote %s", out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # lumiere eval
 # ---------------------------------------------------------------------------------------------
 
@@ -715,6 +743,57 @@ def _run_data_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 # ---------------------------------------------------------------------------------------------
+# lumiere estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_estimate(parser: argparse.ArgumentParser) -> None:
+    """Estimate a STUNet's parameters, FLOPs per denoising and training step, and memory (weights,
+    AdamW, activations with and without gradient checkpointing, training and inference peaks) in
+    fp32 and bf16, by running it on the meta device: nothing is allocated and no weight is read."""
+    parser.add_argument(
+        "source",
+        metavar="CONFIG|DIR|paper",
+        help="a YAML training config (its stage's network), a saved pipeline / STUNet / image-model "
+        "folder (its config.json only), or 'paper' (the paper's cascade on DeepFloyd IF widths)",
+    )
+    for option, what, fallback in (
+        ("--batch", "clips per network call (a guided denoising step: 2 per clip)", 1),
+        ("--frames", "frames per clip", 80),
+        ("--height", "height in pixels", 128),
+        ("--width", "width in pixels", 128),
+    ):
+        parser.add_argument(
+            option,
+            type=_int_at_least(1),
+            default=None,
+            metavar="N",
+            help=f"{what}, >= 1 (default: the config's, else {fallback})",
+        )
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "both"), default="both", help="precision")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _run_estimate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from lumiere.models.estimate import check_workload, estimate, format_estimate, models_to_estimate
+
+    models = models_to_estimate(
+        args.source, batch=args.batch, num_frames=args.frames, height=args.height, width=args.width
+    )
+    for measured in models:
+        check_workload(measured)
+    dtypes = ("fp32", "bf16") if args.dtype == "both" else (args.dtype,)
+    results = [estimate(measured, dtypes) for measured in models]
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        print("\n\n".join(format_estimate(result) for result in results))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # lumiere serve
 # ---------------------------------------------------------------------------------------------
 
@@ -841,8 +920,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", _add_generate, _run_generate, "generate a video from a text prompt"),
         ("upsample", _add_upsample, _run_upsample, "upsample a video spatially with the SSR model (MultiDiffusion over temporal windows)"),
         ("train", _add_train, _run_train, "train one stage from a YAML config"),
+        ("inflate", _add_inflate, _run_inflate, "inflate a local DeepFloyd IF folder into a Lumiere pipeline folder"),
         ("data", _add_data, None, "write data sets"),
         ("eval", _add_eval, _run_eval, "score a model on moving-shapes prompts (probe accuracy, consistency, Frechet distance)"),
+        ("estimate", _add_estimate, _run_estimate, "estimate parameters, FLOPs and memory of a STUNet (meta device)"),
         ("serve", _add_serve, _run_serve, "serve a web page for generation (needs the web extra: pip install 'lumiere-video[web]')"),
     ):
         add_options(_subcommand(commands, name, run, summary, add_options.__doc__))

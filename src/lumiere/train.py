@@ -40,7 +40,6 @@ from lumiere.checkpoint import latest_checkpoint, load_latest_checkpoint, save_c
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.data.stream import step_batches, step_generator
 from lumiere.diffusion import DiffusionObjective
-from lumiere.models.text import load_text_encoder
 from lumiere.stages import get_stage
 
 logger = logging.getLogger(__name__)
@@ -215,8 +214,8 @@ def train(
         model.enable_gradient_checkpointing()
     if config.model.channels_last:
         model.to(memory_format=torch.channels_last)
-    objective = DiffusionObjective()
-    text_encoder = load_text_encoder(config.text_encoder).to(device)
+    objective = DiffusionObjective(stage.noise_scheduler())
+    text_encoder = stage.load_text_encoder().to(device)
 
     # 2. Optimizer, warm-up schedule, EMA.
     opt = _Optimization(model, config)

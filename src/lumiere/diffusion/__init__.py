@@ -7,6 +7,7 @@ from .objective import (
     append_dims,
     drop_captions,
     make_noise_scheduler,
+    noise_scheduler_from_config,
 )
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "append_dims",
     "drop_captions",
     "make_noise_scheduler",
+    "noise_scheduler_from_config",
 ]

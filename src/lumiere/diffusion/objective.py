@@ -12,7 +12,7 @@ Notation (Ho et al. 2020, DDPM; Salimans & Ho 2022, "Progressive Distillation", 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,30 @@ def make_noise_scheduler(
         prediction_type=prediction_type,
         **kwargs,
     )
+
+
+# What a saved scheduler config says about the noise schedule and the model's output (the rest,
+# e.g. timestep spacing, is the sampler's own): carried over by `noise_scheduler_from_config`.
+SCHEDULE_KEYS = (
+    "num_train_timesteps",
+    "beta_schedule",
+    "beta_start",
+    "beta_end",
+    "trained_betas",
+    "rescale_betas_zero_snr",
+    "prediction_type",
+    "variance_type",  # "learned_range": the model predicts a variance too (IF)
+    "thresholding",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+)
+
+
+def noise_scheduler_from_config(config: Mapping[str, Any]) -> DDPMScheduler:
+    """The training noise schedule of a saved scheduler config (any diffusers scheduler's, e.g. a
+    pipeline's sampler): ``make_noise_scheduler`` with the config's ``SCHEDULE_KEYS`` that are set.
+    A config of the default schedule gives the default scheduler."""
+    return make_noise_scheduler(**{key: config[key] for key in SCHEDULE_KEYS if config.get(key) is not None})
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -51,16 +51,20 @@ def build_ssr_stunet(image_model: UNet2DConditionModel, **options: Any) -> STUNe
     return stunet
 
 
-def check_ssr_stunet(stunet: STUNet, name: str = "ssr") -> None:
-    """Raise ``ValueError`` unless ``stunet`` is an SSR model as ``build_ssr_stunet`` makes it."""
+def check_ssr_stunet(stunet: STUNet, name: str = "ssr", sample_channels: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``stunet`` is an SSR model as ``build_ssr_stunet`` makes it, or
+    as an image super-resolution model inflates (IF stage II: the noise level is its class label).
+    ``sample_channels``: of the clip it denoises (default: its output channels; half of them for a
+    learned-variance model)."""
     problems = []
+    sample_channels = stunet.out_channels if sample_channels is None else sample_channels
     if stunet.temporal_factor != 1:
         problems.append(f"it resizes time (temporal factor {stunet.temporal_factor}; an SSR model has 1)")
-    if stunet.noise_level_embedding is None:
+    if stunet.noise_level_embedding is None and stunet.class_embedding is None:
         problems.append("it has no noise-level conditioning")
-    if stunet.in_channels != stunet.out_channels + SSR_CONDITION_CHANNELS:
+    if stunet.in_channels != sample_channels + SSR_CONDITION_CHANNELS:
         problems.append(
-            f"it takes {stunet.in_channels} input channels for {stunet.out_channels} output channels "
+            f"it takes {stunet.in_channels} input channels for {sample_channels} sample channels "
             f"(an SSR model takes {SSR_CONDITION_CHANNELS} more: the low-res clip)"
         )
     if problems:
@@ -151,6 +155,17 @@ def make_condition(
     if noise.shape != upsampled.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(upsampled.shape)}")
     return SSRCondition(augment(upsampled, noise, noise_level, alphas_cumprod), noise_level)
+
+
+def noise_level_kwargs(stunet: STUNet, noise_level: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+    """The ``STUNet.forward`` keyword that takes the augmentation level ``[b]`` of the low-res input:
+    ``noise_level`` for our SSR (``noise_level_conditioning``); ``class_labels`` for an image model
+    that had one (IF stage II: ``class_embed_type="timestep"``), as diffusers' IF pipeline passes it."""
+    stunet = getattr(stunet, "module", stunet)  # the STUNet inside a DistributedDataParallel wrapper
+    takes_class_label = stunet.noise_level_embedding is None and stunet.class_embedding is not None
+    if noise_level is not None and takes_class_label:
+        return {"class_labels": noise_level}
+    return {"noise_level": noise_level}
 
 
 def ssr_model_input(noisy: torch.Tensor, condition_video: torch.Tensor) -> torch.Tensor:

@@ -281,7 +281,9 @@ class HFTextEncoder(TextEncoder):
 
     `path` holds a transformers `config.json` (its `model_type` picks the class: t5/mt5/umt5 or
     clip/clip_text_model), the weights and the tokenizer files; a diffusers pipeline folder with
-    `text_encoder/` and `tokenizer/` subfolders works too.
+    `text_encoder/` and `tokenizer/` subfolders works too. With `reference=True`, `save_pretrained`
+    writes the absolute `path` instead of a copy of the weights (T5-XXL is ~10 GB per copy), and
+    loading reads them from there.
     """
 
     kind = "hf"
@@ -292,10 +294,13 @@ class HFTextEncoder(TextEncoder):
         max_length: int | None = None,  # default: min(77, tokenizer limit), CLIP's context length
         dtype: torch.dtype = torch.float32,  # weights are cast to this; states are float32 regardless
         cache_size: int = 4096,  # encoded prompts kept; 0 disables the cache
+        reference: bool = False,  # save the path, not the weights
     ):
         from transformers import AutoConfig, AutoTokenizer
 
-        model_dir, tokenizer_dir = _resolve_hf_dirs(Path(path))
+        self.source = Path(path).resolve()
+        self.reference = reference
+        model_dir, tokenizer_dir = _resolve_hf_dirs(self.source)
         model_type = AutoConfig.from_pretrained(model_dir, local_files_only=True).model_type
         model_cls = _hf_model_class(model_type, model_dir)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -306,15 +311,26 @@ class HFTextEncoder(TextEncoder):
         self.model_type = model_type
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "model_type": self.model_type}
+        reference = {"path": str(self.source)} if self.reference else {}
+        return {**super().config(), "model_type": self.model_type, **reference}
 
     def _save_weights(self, save_directory: Path) -> None:
+        if self.reference:  # the weights stay where they are; config() names them
+            return
         self.tokenizer.save_pretrained(save_directory)
         self.model.save_pretrained(save_directory)
 
     @classmethod
     def _from_config(cls, directory: Path, config: dict[str, Any], **kwargs: Any) -> HFTextEncoder:
-        return cls(directory, max_length=kwargs.pop("max_length", config["max_length"]), **kwargs)
+        max_length = kwargs.pop("max_length", config["max_length"])
+        if "path" in config:  # saved by reference
+            source = Path(config["path"])
+            if not source.is_dir():
+                raise FileNotFoundError(
+                    f"{directory / CONFIG_NAME} refers to the text encoder at {source}, which does not exist"
+                )
+            return cls(source, max_length=max_length, reference=True, **kwargs)
+        return cls(directory, max_length=max_length, **kwargs)
 
 
 def _resolve_hf_dirs(path: Path) -> tuple[Path, Path]:

@@ -57,6 +57,7 @@ from lumiere.models.ssr import (
     SSRCondition,
     check_ssr_stunet,
     make_condition,
+    noise_level_kwargs,
     ssr_model_input,
     upsample_video,
 )
@@ -78,6 +79,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "default"
 MODEL_INDEX = "model_index.json"  # DiffusionPipeline.config_name
 OUTPUT_TYPES = ("np", "pt", "pil")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")  # diffusers' variance_type of a model predicting it
 SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (configs/recipe/12_ssr.yaml)
 
 # Samplers by CLI name: scheduler class and the arguments that make it that sampler.
@@ -130,6 +132,12 @@ class LumierePipeline(DiffusionPipeline):
     model_index.json) is the SSR's upsampling factor; ``ssr_residual`` (saved there too) says the
     SSR denoises the detail over the bilinear upsample (``models.ssr.residual_over_bilinear``),
     which sampling adds back.
+
+    Inflated image models (``lumiere.pipelines.convert``, DeepFloyd IF) run as they were trained:
+    the prediction type comes from the scheduler's config; with a learned variance (its
+    ``variance_type``) the networks predict 2x the clip's channels and the sampler takes the mean
+    half (``sample_channels``); an SSR inflated from an image super-resolution model gets the
+    augmentation level as its ``class_labels`` (``models.ssr.noise_level_kwargs``).
     """
 
     model_cpu_offload_seq = "text_encoder->stunet->ssr"
@@ -155,7 +163,7 @@ class LumierePipeline(DiffusionPipeline):
                     f"{text_width}-d; use an encoder of width {text_width}"
                 )
         if ssr is not None:
-            check_ssr_stunet(ssr)
+            check_ssr_stunet(ssr, sample_channels=sample_channels(ssr, scheduler))
         if isinstance(ssr_scale, bool) or not isinstance(ssr_scale, int) or ssr_scale < 1:
             raise ValueError(
                 f"ssr_scale={ssr_scale!r}: must be an integer >= 1 (the SSR's upsampling factor)"
@@ -462,6 +470,8 @@ class LumierePipeline(DiffusionPipeline):
         """
         model = self.stunet if model is None else model
         model_input = self.scheduler.scale_model_input(sample, timestep)
+        # A learned-variance model (IF) predicts twice the sample's channels: the sampler takes the mean half.
+        channels = sample.shape[1]
 
         def model_fn(chunk: torch.Tensor, chunk_windows: Sequence[slice]) -> torch.Tensor:
             # chunk [k*b, c, w, h, w]: k windows of the b clips, window-major.
@@ -481,7 +491,7 @@ class LumierePipeline(DiffusionPipeline):
                 None if uncond is None else TextEncoding(*map(tile, uncond)),
                 guidance_scale,
                 noise_level,
-            )
+            )[:, :channels]
 
         if windows is None:
             return model_fn(model_input, [slice(0, sample.shape[2])])
@@ -509,7 +519,7 @@ class LumierePipeline(DiffusionPipeline):
             timestep,
             encoder_hidden_states=states.to(dtype),
             encoder_attention_mask=mask,
-            noise_level=noise_level,
+            **noise_level_kwargs(model, noise_level),
         ).sample.float()
         if uncond is None:
             return output
@@ -652,7 +662,7 @@ class LumierePipeline(DiffusionPipeline):
         device = self._execution_device
         batch, _, num_frames, height, width = low_res.shape
         size = (height * self.ssr_scale, width * self.ssr_scale)
-        shape = (batch, self.ssr.out_channels, num_frames, *size)
+        shape = (batch, sample_channels(self.ssr, self.scheduler), num_frames, *size)
 
         # 1. Timesteps and initial noise [b, c, f, H, W].
         self.scheduler.set_timesteps(options.steps, device=device)
@@ -795,7 +805,8 @@ class LumierePipeline(DiffusionPipeline):
         prompts = self.check_inputs(prompt, num_frames, height, width, num_inference_steps, guidance_scale,
                                     negative_prompt, num_videos_per_prompt, generator, output_type, window, overlap)  # fmt: skip
         conditional = is_conditional_stunet(self.stunet)
-        conditioning.check_model(conditional, self.stunet.in_channels - self.stunet.out_channels)
+        channels = sample_channels(self.stunet, self.scheduler)  # of the clip; other inputs condition it
+        conditioning.check_model(conditional, self.stunet.in_channels - channels)
         windows = _windows(num_frames, window, overlap)
         num_clips = len(prompts) * num_videos_per_prompt
         ssr = self._plan_ssr(upsample, ssr_options, ssr_kwargs, num_clips, num_frames, height, width,
@@ -812,7 +823,7 @@ class LumierePipeline(DiffusionPipeline):
 
         # 3. Timesteps and initial noise [b, c, f, h, w]; SDEdit: the last `strength` of the
         #    timesteps, starting from the input video noised to the first of them.
-        shape = (num_clips, self.stunet.out_channels, num_frames, height, width)
+        shape = (num_clips, channels, num_frames, height, width)
         timesteps, sample = self.prepare_timesteps_and_noise(shape, conditioning, num_inference_steps,
                                                              generator, noise, device)  # fmt: skip
 
@@ -1087,6 +1098,20 @@ def _sample_size(stunet: STUNet) -> tuple[int, int]:
         return size, size
     height, width = size
     return int(height), int(width)
+
+
+def has_learned_variance(scheduler_config: Mapping[str, Any]) -> bool:
+    """Whether a noise schedule's model predicts a variance too (IF's ``variance_type``
+    "learned_range"): its output has twice the sample's channels, mean first."""
+    return scheduler_config.get("variance_type") in LEARNED_VARIANCE_TYPES
+
+
+def sample_channels(stunet: STUNet, scheduler: SchedulerMixin) -> int:
+    """Channels of the clip ``stunet`` denoises: its output's, or half of them for a learned-variance
+    model (DeepFloyd IF: 6 = 3 mean + 3 variance), as diffusers' IF pipeline splits them."""
+    if has_learned_variance(scheduler.config):
+        return stunet.out_channels // 2
+    return stunet.out_channels
 
 
 def _text_width(stunet: STUNet) -> int | None:

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch.utils.data import Dataset
 
-from lumiere.diffusion import DiffusionObjective, drop_captions
-from lumiere.models.ssr import ssr_model_input
+from lumiere.diffusion import DiffusionObjective, drop_captions, make_noise_scheduler
+from lumiere.models.ssr import noise_level_kwargs, ssr_model_input
 
 if TYPE_CHECKING:
+    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
     from lumiere.config import TrainConfig
     from lumiere.models.text import TextEncoder
 
@@ -97,6 +100,24 @@ class Stage:
             dataset = StyledDataset(dataset, data.style)
         return dataset, finite
 
+    # ---- 2b. the noise schedule and the text encoder ----------------------------------------
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule (``DiffusionObjective``'s): ours (cosine, v-prediction)."""
+        return make_noise_scheduler()
+
+    def sampling_scheduler(self) -> SchedulerMixin:
+        """The sampler of the validation clips and of the exported pipeline, over ``noise_scheduler``."""
+        from lumiere.pipelines import make_sampling_scheduler
+
+        return make_sampling_scheduler("dpm++", self.noise_scheduler().config)
+
+    def load_text_encoder(self) -> TextEncoder:
+        """The config's ``text_encoder`` (None: MiniLM)."""
+        from lumiere.models.text import load_text_encoder
+
+        return load_text_encoder(self.config.text_encoder)
+
     # ---- 3. a batch as model input ------------------------------------------------------------
 
     def clean_sample(self, video: torch.Tensor) -> torch.Tensor:
@@ -150,7 +171,12 @@ class Stage:
 
         def model_fn(noisy: torch.Tensor, timesteps: torch.Tensor, condition: Any) -> torch.Tensor:
             with autocast():
-                return self.forward(model, noisy, timesteps, states, mask, condition)
+                prediction = self.forward(model, noisy, timesteps, states, mask, condition)
+            # A learned-variance model (IF: variance_type "learned_range") predicts 2x the sample's
+            # channels, mean first. The mean half trains with the objective's MSE; the variance half
+            # is left out of the loss (IF trains it with a variational-bound term this objective does
+            # not have); our samplers read only the mean half. For other models: every channel.
+            return prediction[:, : noisy.shape[1]]
 
         return objective.training_loss(
             model_fn,
@@ -170,7 +196,9 @@ class Stage:
         from lumiere.pipelines import LumierePipeline
 
         config = self.config
-        pipe = LumierePipeline.from_stunet(self.sampling_stunet(model), text_encoder=text_encoder)
+        pipe = LumierePipeline.from_stunet(
+            self.sampling_stunet(model), text_encoder=text_encoder, scheduler=self.sampling_scheduler()
+        )
         pipe.set_progress_bar_config(disable=True)
         generator = [torch.Generator().manual_seed(i) for i in range(len(config.sample_prompts))]
         clips = pipe(
@@ -198,7 +226,9 @@ class Stage:
     def save(self, model: torch.nn.Module, text_encoder: TextEncoder, directory: Path) -> None:
         from lumiere.pipelines import LumierePipeline
 
-        LumierePipeline.from_stunet(model, text_encoder=text_encoder).save_pretrained(directory)
+        scheduler = self.sampling_scheduler()  # over the noise schedule the model was trained with
+        pipe = LumierePipeline.from_stunet(model, text_encoder=text_encoder, scheduler=scheduler)
+        pipe.save_pretrained(directory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +253,7 @@ def conditioned_forward(
         timesteps,
         states,
         encoder_attention_mask=mask,
-        noise_level=condition.noise_level,
+        **noise_level_kwargs(model, condition.noise_level),
     ).sample
 
 

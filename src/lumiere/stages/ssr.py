@@ -82,8 +82,12 @@ class SSRStage(VideoStage):
         return build_ssr_stunet(image_model, **self.inflation_options())
 
     def load(self, source: Path) -> STUNet:
+        from lumiere.pipelines.lumiere import sample_channels
+
         model = super().load(source)
-        check_ssr_stunet(model, name=f"model.init_from={str(source)!r}")
+        # The clip's channels: half the output for a learned-variance model (IF stage II).
+        channels = sample_channels(model, self.noise_scheduler())
+        check_ssr_stunet(model, name=f"model.init_from={str(source)!r}", sample_channels=channels)
         return model
 
     def diffused_sample(self, clean: torch.Tensor) -> torch.Tensor:
@@ -137,6 +141,7 @@ class SSRStage(VideoStage):
         return LumierePipeline.from_stunet(
             None,
             text_encoder=text_encoder,
+            scheduler=self.sampling_scheduler(),
             ssr=model,
             ssr_scale=self.config.model.ssr_scale,
             ssr_residual=self.config.model.ssr_residual,

@@ -8,14 +8,18 @@ down- and up-sampled in time as well as space, so the whole clip is generated in
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from diffusers import UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 
+from lumiere.diffusion import noise_scheduler_from_config
 from lumiere.models.presets import STUNET_PRESETS
 from lumiere.models.stunet import STUNet
+from lumiere.models.text import CONFIG_NAME as TEXT_ENCODER_CONFIG
+from lumiere.models.text import TextEncoder
 from lumiere.stages.base import Stage, is_image_model_dir, resolve_model_dir
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,23 @@ class VideoStage(Stage):
     def load(self, source: Path) -> STUNet:
         """A saved STUNet (or the ``component`` of a saved pipeline) to continue from."""
         return STUNet.from_pretrained(resolve_model_dir(source, self.component))
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The schedule of the pipeline ``model.init_from`` names (its ``scheduler/``: e.g. IF's
+        epsilon prediction with learned variance), else ours: fine-tuning keeps the objective the
+        model was trained with."""
+        saved = Path(self.config.model.init_from) / "scheduler" / "scheduler_config.json"
+        if not saved.is_file():
+            return super().noise_scheduler()
+        return noise_scheduler_from_config(json.loads(saved.read_text()))
+
+    def load_text_encoder(self) -> TextEncoder:
+        """The config's ``text_encoder``; when not set, that of the pipeline ``model.init_from``
+        names (e.g. the T5 an inflated IF folder refers to), else MiniLM."""
+        saved = Path(self.config.model.init_from) / "text_encoder"
+        if self.config.text_encoder is None and (saved / TEXT_ENCODER_CONFIG).is_file():
+            return TextEncoder.from_pretrained(saved)
+        return super().load_text_encoder()
 
     def adapt(self, model: STUNet) -> STUNet:
         """The stage's change to the made or loaded STUNet (none here; see ``ConditionalStage``)."""
