@@ -46,14 +46,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def run_isolated(
-    script: str | Path, config: dict[str, Any], timeout_s: float | None = None
+    script: str | Path,
+    config: dict[str, Any],
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,  # variables added to this process's environment
 ) -> dict[str, Any]:
     """``python SCRIPT --worker CONFIG_JSON`` in a fresh process -> its JSON result plus ``wall_s``;
     ``{"error": ...}`` if it failed, was killed (out of memory) or ran past ``timeout_s``."""
     start = time.perf_counter()
     command = [sys.executable, str(script), WORKER_FLAG, json.dumps(config)]
+    environment = {**os.environ, **env} if env else None
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environment)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s", "wall_s": time.perf_counter() - start}
     wall = time.perf_counter() - start

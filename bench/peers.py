@@ -11,6 +11,11 @@
 - ``lucidrains_karras``: the same package set up as its README does, around
   ``denoising_diffusion_pytorch.KarrasUnet`` (no text conditioning: the text is ignored), its
   width chosen to match the STUNet's parameter count.
+- ``animatediff``: diffusers' ``UNetMotionModel`` (AnimateDiff), made by
+  ``UNetMotionModel.from_unet2d`` from the same preset image U-Net as the STUNet and a
+  ``MotionAdapter`` sized to it (its widths and layers per block, diffusers' default motion
+  modules: one temporal transformer of 8 heads after every resnet/attention pair and in the mid
+  block, frames never compressed). Same image model, AnimateDiff's inflation.
 - ``per_frame``: the preset image U-Net itself on every frame (frames folded into the batch), no
   temporal layers: the lower bound of cost for the STUNet's spatial layers.
 
@@ -29,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from diffusers import UNet2DConditionModel, UNet3DConditionModel
+from diffusers import MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
 from einops import rearrange
 from torch import nn
 
@@ -73,6 +78,15 @@ class UNet3DDenoiser(VideoDenoiser):
 
     def forward(self, video: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.net(video, timestep, text).sample
+
+
+class MotionDenoiser(VideoDenoiser):
+    """diffusers' UNetMotionModel takes ``[b, c, f, h, w]`` but text states per frame ``[(b f), n, d]``:
+    ``AnimateDiffPipeline`` repeats them (``prompt_embeds.repeat_interleave(num_frames, dim=0)``)."""
+
+    def forward(self, video: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        states = text.repeat_interleave(video.shape[2], dim=0)  # [(b f), n, d]
+        return self.net(video, timestep, states).sample
 
 
 class PerFrameDenoiser(VideoDenoiser):
@@ -216,6 +230,26 @@ def build_unet3d(preset: str, resolution: int) -> VideoDenoiser:
     return UNet3DDenoiser(UNet3DConditionModel(**unet3d_config(unet2d_config(preset), resolution, widths)))
 
 
+def motion_adapter_config(preset: str) -> dict:
+    """A MotionAdapter for the preset's image U-Net: its widths and layers per block (which
+    ``UNetMotionModel.from_unet2d`` requires to match) and its GroupNorm groups; diffusers'
+    defaults for the rest (8 heads, one transformer layer per motion module, a mid-block module,
+    up to 32 frames)."""
+    image = unet2d_config(preset)
+    return dict(
+        block_out_channels=image["block_out_channels"],
+        motion_layers_per_block=image["layers_per_block"],
+        motion_norm_num_groups=image.get("norm_num_groups", 32),
+    )
+
+
+def build_animatediff(preset: str, resolution: int) -> VideoDenoiser:
+    """AnimateDiff's inflation of the preset image U-Net (``UNetMotionModel.from_unet2d``)."""
+    image_model = build_unet2d(preset, sample_size=resolution)
+    adapter = MotionAdapter(**motion_adapter_config(preset))
+    return MotionDenoiser(UNetMotionModel.from_unet2d(image_model, adapter))
+
+
 def _lumiere_pytorch():
     from lumiere_pytorch import Lumiere  # the `bench` extra: pip install -e ".[bench]"
 
@@ -348,6 +382,9 @@ PEERS: dict[str, Peer] = {
     "lucidrains": Peer(build_lucidrains, "lumiere-pytorch 0.0.24 hooks on the same image U-Net"),
     "lucidrains_karras": Peer(
         build_lucidrains_karras, "lumiere-pytorch 0.0.24 on KarrasUnet (README set-up; ignores text)"
+    ),
+    "animatediff": Peer(
+        build_animatediff, "diffusers UNetMotionModel (AnimateDiff) from the same image U-Net"
     ),
     "per_frame": Peer(
         build_per_frame, "the image U-Net per frame, no temporal layers (lower bound)", temporal=False
