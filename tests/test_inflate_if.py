@@ -61,16 +61,16 @@ IF_SCHEDULE = dict(
 )
 
 
-def _save_unet(config, directory, seed):
+def _save_unet(config, directory, seed, variant=None):
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**config)
     with torch.no_grad():  # diffusers zero-initialises some layers; perturb so every weight matters
         for param in unet.parameters():
             param.add_(torch.randn_like(param) * 0.05)
-    unet.save_pretrained(directory / "unet")
+    unet.save_pretrained(directory / "unet", variant=variant)
 
 
-def _save_text(directory):
+def _save_text(directory, variant=None):
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -85,15 +85,15 @@ def _save_text(directory):
     config = transformers.T5Config(
         vocab_size=len(vocab), d_model=TEXT_WIDTH, d_ff=64, d_kv=8, num_layers=1, num_heads=4
     )
-    transformers.T5EncoderModel(config).save_pretrained(directory / "text_encoder")
+    transformers.T5EncoderModel(config).save_pretrained(directory / "text_encoder", variant=variant)
 
 
-def _if_folder(directory, unet_config, seed, text=True):
+def _if_folder(directory, unet_config, seed, text=True, variant=None):
     """A diffusers IF folder as `DiffusionPipeline.save_pretrained` writes one (no safety checker)."""
-    _save_unet(unet_config, directory, seed)
+    _save_unet(unet_config, directory, seed, variant)
     index = {"_class_name": "IFPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
     if text:
-        _save_text(directory)
+        _save_text(directory, variant)
         DDPMScheduler(**IF_SCHEDULE).save_pretrained(directory / "scheduler")
         index |= {
             "text_encoder": ["transformers", "T5EncoderModel"],
@@ -207,3 +207,18 @@ def test_a_pipeline_of_our_schedule_fine_tunes_with_our_objective():
     theirs = noise_scheduler_from_config(DDPMScheduler(**IF_SCHEDULE).config)
     assert theirs.config.prediction_type == "epsilon" and theirs.config.variance_type == "learned_range"
     torch.testing.assert_close(theirs.alphas_cumprod, DDPMScheduler(**IF_SCHEDULE).alphas_cumprod)
+
+
+def test_inflate_reads_a_folder_downloaded_as_the_fp16_variant(tmp_path):
+    """DeepFloyd's own instructions download IF with variant="fp16": only *.fp16.* weights exist."""
+    source = _if_folder(tmp_path / "IF-I-fp16", IF_I, seed=0, variant="fp16")
+    assert not (source / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    plain = _if_folder(tmp_path / "IF-I", IF_I, seed=0)
+    for folder in (source, plain):
+        assert main(["inflate", str(folder), "--out", str(folder.with_name(folder.name + "-lumiere"))]) == 0
+    fp16, fp32 = (
+        LumierePipeline.from_pretrained(folder.with_name(folder.name + "-lumiere")) for folder in (source, plain)
+    )
+    assert fp16.stunet.dtype == torch.float32  # inflated in fp32 master weights
+    for a, b in zip(fp16.stunet.spatial_parameters(), fp32.stunet.spatial_parameters(), strict=True):
+        torch.testing.assert_close(a, b)  # the image model's weights, read from the variant files

@@ -36,6 +36,31 @@ def weight_files(directory: Path) -> list[Path]:
     )
 
 
+# Weight-file stems of diffusers models and transformers models, before any ".<variant>".
+_WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+
+
+def weights_variant(directory: str | os.PathLike) -> str | None:
+    """The variant to load ``directory``'s weights with: None when plain weights are there, else the
+    one variant present (e.g. "fp16": a folder downloaded with ``variant="fp16"`` holds only
+    ``diffusion_pytorch_model.fp16.safetensors`` or ``model.fp16-00001-of-00002.safetensors``)."""
+    names = [p.name for p in weight_files(Path(directory))]
+    variants = set()
+    for name in names:
+        stem, _, rest = name.partition(".")
+        if stem not in _WEIGHT_STEMS:
+            continue
+        if rest in ("safetensors", "bin", "safetensors.index.json", "bin.index.json"):
+            return None  # plain weights (one file or a shard index): no variant needed
+        variants.add(rest.split(".")[0].split("-")[0])  # "fp16.safetensors", "fp16-00001-of-00002.safetensors"
+    if len(variants) > 1:
+        raise ValueError(
+            f"{directory} holds weights of several variants {sorted(variants)} and no plain ones; "
+            "keep one variant"
+        )
+    return variants.pop() if variants else None
+
+
 def _safetensors_files(directory: Path, variant: str | None) -> list[Path]:
     """The safetensors file(s) ``from_pretrained`` will read: one file, or the shards of an index."""
     name = "diffusion_pytorch_model" + (f".{variant}" if variant else "") + ".safetensors"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lumiere.checkpoint import read_json_object
+from lumiere.models.loading import weights_variant
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +305,8 @@ class HFTextEncoder(TextEncoder):
         model_type = AutoConfig.from_pretrained(model_dir, local_files_only=True).model_type
         model_cls = _hf_model_class(model_type, model_dir)
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        model = model_cls.from_pretrained(model_dir, local_files_only=True).to(dtype)
+        variant = weights_variant(model_dir)  # e.g. "fp16" for a folder downloaded with that variant
+        model = model_cls.from_pretrained(model_dir, local_files_only=True, variant=variant).to(dtype)
         if max_length is None:
             max_length = min(77, tokenizer.model_max_length)
         super().__init__(tokenizer, model, max_length=max_length, cache_size=cache_size)

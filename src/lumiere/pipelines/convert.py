@@ -25,8 +25,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import UNet2DConditionModel
 
+from lumiere.models.loading import weights_variant
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import HFTextEncoder
 from lumiere.pipelines.lumiere import MODEL_INDEX, LumierePipeline, make_sampling_scheduler
@@ -65,14 +67,14 @@ def inflate_if_pipeline(
         check_if_folder(Path(ssr_source), needs_text=False)
 
     # 1. Base STUNet from stage I: time halved where space is (the paper's default).
-    image_model = UNet2DConditionModel.from_pretrained(source / "unet")
+    image_model = _load_unet(source / "unet")
     stunet = STUNet.from_unet2d(image_model, **temporal_options)
     logger.info("inflated %s into the base STUNet", source / "unet")
 
     # 2. SSR STUNet from stage II: no temporal resizing, so it runs on windows of any length.
     ssr, ssr_scale = None, 2
     if ssr_source is not None:
-        ssr_image_model = UNet2DConditionModel.from_pretrained(Path(ssr_source) / "unet")
+        ssr_image_model = _load_unet(Path(ssr_source) / "unet")
         ssr = STUNet.from_unet2d(ssr_image_model, **{**temporal_options, "temporal_resizing": False})
         ssr_scale = _scale(ssr_image_model.config.sample_size, image_model.config.sample_size)
         logger.info("inflated %s into the SSR STUNet (x%d)", Path(ssr_source) / "unet", ssr_scale)
@@ -85,6 +87,13 @@ def inflate_if_pipeline(
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
     return out_dir
+
+
+def _load_unet(directory: Path) -> UNet2DConditionModel:
+    """The image U-Net of a stage, in fp32 (the inflated model trains in fp32 master weights), also
+    from a folder downloaded with ``variant="fp16"`` (its only weights ``*.fp16.safetensors``)."""
+    variant = weights_variant(directory)
+    return UNet2DConditionModel.from_pretrained(directory, variant=variant).to(torch.float32)
 
 
 def _scale(high: Any, low: Any) -> int:
