@@ -47,15 +47,9 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
             with autocast(device, dtype):
                 return model(video, timesteps, text)
 
-    first = harness.time_once(work, device)
-    times = harness.time_calls(work, config["repeats"], max(config["warmup"] - 1, 0), device)
     return {
         "params": peers.parameter_count(eager),
-        "first_s": first,
-        "times_s": times,
-        "built_rss_mib": built_rss,
-        "peak_rss_mib": harness.peak_rss_mib(),
-        **harness.device_memory(device),
+        **harness.measure(work, device, config, built_rss, "times_s"),
     }
 
 

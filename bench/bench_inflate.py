@@ -120,16 +120,10 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     built_device = (
         {"cuda_built_mib": torch.cuda.memory_allocated(device) / 2**20} if device.type == "cuda" else {}
     )
-    first = harness.time_once(step, device)
-    times = harness.time_calls(step, config["repeats"], max(config["warmup"] - 1, 0), device)
     return {
         **counts,
         "flops": flops,
-        "first_s": first,
-        "step_s": times,
-        "built_rss_mib": built_rss,
-        "peak_rss_mib": harness.peak_rss_mib(),
-        **harness.device_memory(device),
+        **harness.measure(step, device, config, built_rss, "step_s"),
         **built_device,
     }
 

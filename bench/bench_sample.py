@@ -51,15 +51,9 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
             dtype=dtype,
         )
 
-    first = harness.time_once(sample, device)
-    times = harness.time_calls(sample, config["repeats"], max(config["warmup"] - 1, 0), device)
     return {
         "params": peers.parameter_count(eager),
-        "first_s": first,
-        "sample_s": times,
-        "built_rss_mib": built_rss,
-        "peak_rss_mib": harness.peak_rss_mib(),
-        **harness.device_memory(device),
+        **harness.measure(sample, device, config, built_rss, "sample_s"),
     }
 
 

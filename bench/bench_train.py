@@ -40,16 +40,10 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     built_rss = harness.start_memory_window()
     flops = harness.count_flops(lambda: forward_backward(eager, shape, device, dtype, text))
     step = make_training_step(model, shape, device, dtype, text)
-    first = harness.time_once(step, device)  # includes compilation when compiling
-    times = harness.time_calls(step, config["repeats"], max(config["warmup"] - 1, 0), device)
     return {
         "params": peers.parameter_count(eager),
-        "first_step_s": first,
-        "step_s": times,
         "flops_per_step": flops,
-        "built_rss_mib": built_rss,
-        "peak_rss_mib": harness.peak_rss_mib(),
-        **harness.device_memory(device),
+        **harness.measure(step, device, config, built_rss, "step_s", first_key="first_step_s"),
     }
 
 

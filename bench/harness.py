@@ -137,6 +137,27 @@ def time_once(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def measure(
+    work: Callable[[], Any],
+    device: torch.device,
+    config: dict[str, Any],  # a worker's config: "repeats" and "warmup"
+    built_rss: float,  # start_memory_window()'s reading, taken before the timed work
+    times_key: str,  # the worker's name for the timed seconds ("step_s", "sample_s", ...)
+    first_key: str = "first_s",  # its name for the first call (compilation included when compiling)
+) -> dict[str, Any]:
+    """Time ``work`` (a first call, then ``repeats`` after ``warmup - 1`` more) and read the memory
+    it left: what every benchmark worker reports besides its own figures."""
+    first = time_once(work, device)
+    times = time_calls(work, config["repeats"], max(config["warmup"] - 1, 0), device)
+    return {
+        first_key: first,
+        times_key: times,
+        "built_rss_mib": built_rss,
+        "peak_rss_mib": peak_rss_mib(),
+        **device_memory(device),
+    }
+
+
 def _status_mib(field: str) -> float | None:
     """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in MiB; None off Linux."""
     try:
