@@ -33,20 +33,26 @@ def make_training_step(
     dtype: torch.dtype = torch.float32,  # autocast dtype; weights and optimizer stay fp32
     text: torch.Tensor | None = None,  # [b, n, d] text states
     seed: int = 0,
+    inputs: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None,  # per step: (x0, text)
 ) -> Callable[[], torch.Tensor]:
-    """A closure doing one AdamW training step on a fixed clip; returns the loss (not synced)."""
+    """A closure doing one AdamW training step on a fixed clip; returns the loss (not synced).
+
+    ``inputs``, when given, makes each step's clean clip ``[b, c, f, h, w]`` and text states
+    itself (e.g. encoded in the step, as training without caches does); else the clip is fixed."""
     generator = torch.Generator(device=device).manual_seed(seed)
     x0 = torch.rand(clip_shape, generator=generator, device=device) * 2 - 1  # [b, c, f, h, w]
     objective = DiffusionObjective()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)  # as lumiere.train builds it
 
-    def forward(noisy: torch.Tensor, timesteps: torch.Tensor, _) -> torch.Tensor:
-        with autocast(device, dtype):
-            return model(noisy, timesteps, text)
-
     def step() -> torch.Tensor:
-        loss = objective.training_loss(forward, x0, generator=generator, min_snr_gamma=MIN_SNR_GAMMA)
+        clean, states = inputs() if inputs is not None else (x0, text)
+
+        def forward(noisy: torch.Tensor, timesteps: torch.Tensor, _) -> torch.Tensor:
+            with autocast(device, dtype):
+                return model(noisy, timesteps, states)
+
+        loss = objective.training_loss(forward, clean, generator=generator, min_snr_gamma=MIN_SNR_GAMMA)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

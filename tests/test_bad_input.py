@@ -201,9 +201,9 @@ def write_yaml(tmp_path, data) -> str:
         ({"learning_rate": 1e-4}, r"unknown config key learning_rate; known keys: .*optim"),
         (
             {"optim": {"lr": 1e-4, "batchsize": 4}},
-            r"unknown config key optim.batchsize; known keys: .*batch_size",
+            r"unknown config key optim.batchsize; did you mean optim.batch_size\? known keys: .*batch_size",
         ),
-        ({"data": {"resolution": "large"}}, r"config key data.resolution must be int, got str 'large'"),
+        ({"data": {"resolution": "large"}}, r"config key data.resolution must be an integer, got text 'large'"),
         ({"data": {"num_frames": 0}}, r"config key data.num_frames must be >= 1"),
         ({"optim": {"lr": -1.0}}, r"config key optim.lr must be > 0"),
         (
@@ -223,7 +223,7 @@ def write_yaml(tmp_path, data) -> str:
             {"data": {"motion_mix": [1, 1, 1, 1, 1, 1, 1]}},  # stage t2i: single frames, no motion
             r"config key data.motion_mix applies to shapes data in video stages only",
         ),
-        ("- a\n- list\n", r"a training config must be a mapping, got list"),
+        ("- a\n- list\n", r"a training config must be a mapping of keys to values, got a list"),
     ],
 )
 def test_bad_config_file_names_the_key(tmp_path, data, message):

@@ -158,7 +158,7 @@ def test_step_sampler_is_a_function_of_the_step():
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="unknown config key optim.learning_rate"):
         config_from_dict({"optim": {"learning_rate": 1e-4}})
-    with pytest.raises(ValueError, match="config key optim.batch_size must be int"):
+    with pytest.raises(ValueError, match="config key optim.batch_size must be an integer"):
         config_from_dict({"optim": {"batch_size": "eight"}})
     with pytest.raises(ValueError, match="config key stage must be one of"):
         config_from_dict({"stage": "video"})

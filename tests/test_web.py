@@ -696,6 +696,7 @@ def test_browser_generates_a_video(tmp_path):
             page.get_by_role("tab", name=MODES["image"]).click()
             page.set_input_files("#image-input input[type=file]", str(first))
             page.locator("#image-input img").wait_for()
+            assert list((tmp_path / "gradio").rglob("first.png")), "the upload is not where Gradio keeps uploads"
             page.click("#generate-image")
             page.wait_for_function(
                 "() => document.querySelector('#result-summary').innerText.startsWith('Image to video')",
@@ -708,6 +709,8 @@ def test_browser_generates_a_video(tmp_path):
             frames, _ = read_video(tmp_path / "played-i2v.mp4")
             assert frames.shape == (4, 16, 16, 3)
             np.testing.assert_allclose(frames[0], np.full((16, 16, 3), (255, 106, 0)), atol=12)
+            # The upload went with its request (not hours later with Gradio's cache sweep).
+            assert not list((tmp_path / "gradio").rglob("first.png")), "the upload outlived its request"
 
             page.screenshot(path=str(screenshot), full_page=True)
         finally:

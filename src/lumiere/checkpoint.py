@@ -25,6 +25,7 @@ Saved models (``STUNet.save_pretrained``) carry the same protection against sile
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from lumiere.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +131,68 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and delete all but the newest ``keep``."""
+    """Write checkpoint ``step`` atomically and delete all but the newest ``keep``.
+
+    A write that fails (a full disk, a read-only folder) leaves the previous checkpoints as they
+    were and nothing partial, and is a ``CheckpointWriteError`` (an ``OSError`` with the errno)
+    naming the folder, the space a checkpoint needs, the space free and the last good checkpoint.
+    """
     root = Path(root)
+    tmp = _renamed(checkpoint_dir(root, step), _TMP_SUFFIX)
+    try:
+        return _write_checkpoint(root, step, tmp, model_state, ema_state, optimizer_state, state, keep)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing partial: the space goes back at once
+        needed = sum(_tensor_bytes(part) for part in (model_state, ema_state, optimizer_state))
+        raise CheckpointWriteError.of(error, root, step, needed) from error
+
+
+class CheckpointWriteError(OutputError):
+    """A checkpoint that could not be written (errno kept); the previous ones are intact."""
+
+    @classmethod
+    def of(cls, error: OSError, root: Path, step: int, needed: int) -> CheckpointWriteError:
+        from lumiere.files import os_reason
+        from lumiere.pipelines.memory import format_bytes
+
+        try:
+            free = f", {format_bytes(shutil.disk_usage(root if root.exists() else root.parent).free)} free"
+        except OSError:
+            free = ""
+        last = latest_checkpoint(root) if root.is_dir() else None
+        kept = f"the last good checkpoint, {last}, is intact" if last else "no earlier checkpoint exists"
+        return cls(
+            error.errno or errno.EIO,
+            f"cannot write the step {step} checkpoint in {root}: {os_reason(error)} (a checkpoint needs about "
+            f"{format_bytes(needed)}{free}); {kept}: free space or make the folder writable, then continue "
+            "with --resume",
+        )
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested state (dicts, lists, tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _write_checkpoint(
+    root: Path,
+    step: int,
+    tmp: Path,
+    model_state: dict[str, torch.Tensor],
+    ema_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     _remove_interrupted(root)
     final = checkpoint_dir(root, step)
-    tmp = _renamed(final, _TMP_SUFFIX)
     tmp.mkdir()
     files = {
         "model.safetensors": lambda p: save_file(_contiguous(model_state), p),
@@ -145,7 +204,13 @@ def save_checkpoint(
     manifest = {}
     for name, write in files.items():
         path = tmp / name
-        write(str(path))
+        try:
+            write(str(path))
+        except (RuntimeError, SafetensorError) as error:  # torch.save and safetensors wrap the OS error
+            cause = _os_error_in(error, path)
+            if cause is None:
+                raise
+            raise cause from error
         _fsync(path)
         manifest[name] = _sha256(path)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -165,6 +230,26 @@ def save_checkpoint(
     return final
 
 
+def _os_error_in(error: Exception, path: Path) -> OSError | None:
+    """The ``OSError`` behind a writer's own error, or None when it is not about the disk.
+    safetensors: "... No space left on device (os error 28)"; torch.save: "open file failed with
+    strerror: Read-only file system", or on a full disk only "unexpected pos 576 vs 534"."""
+    text = str(error)
+    code = None
+    if match := re.search(r"os error (\d+)", text):
+        code = int(match.group(1))
+    elif match := re.search(r"strerror: ([^\n]+)", text):
+        code = _ERRNO_OF_STRERROR.get(match.group(1).strip())
+    elif "failed writing" in text or "unexpected pos" in text:
+        # torch.save does not say why; the disk does: a full one is the usual cause.
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        code = errno.ENOSPC if free < (1 << 20) else errno.EIO
+    return None if code is None else OSError(code, os.strerror(code), str(path))
+
+
+_ERRNO_OF_STRERROR = {os.strerror(code): code for code in errno.errorcode}
+
+
 def replace_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
     """Fill ``out_dir`` by ``write(staging)`` atomically: ``write`` fills a sibling staging folder,
     which then takes ``out_dir``'s place by renames, so a kill never leaves a half-written mix at
@@ -173,8 +258,19 @@ def replace_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Pat
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
+    try:
+        staging.mkdir(parents=True)
+        write(staging)
+    except (OSError, RuntimeError, SafetensorError) as error:  # a full disk: nothing partial stays
+        shutil.rmtree(staging, ignore_errors=True)
+        cause = error if isinstance(error, OSError) else _os_error_in(error, staging)
+        if cause is None:
+            raise
+        from lumiere.files import os_reason
+
+        raise OutputError(
+            cause.errno or errno.EIO, f"cannot write {out_dir}: {os_reason(cause, out_dir.parent)}"
+        ) from error
     previous = out_dir.with_name(f".{out_dir.name}.previous")
     shutil.rmtree(previous, ignore_errors=True)
     if out_dir.exists():
@@ -282,3 +378,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         }
     except (SafetensorError, RuntimeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"checkpoint {path} could not be read: {error}") from error
+
+
+def check_model_folder(directory: str | Path) -> None:
+    """Check the JSON files of a saved pipeline folder before any loader reads them: each must be
+    a JSON object, and the scheduler config's scalar values must have the types its scheduler
+    class takes (a number where a number is expected). A ``ValueError`` names the file and the
+    key; the loaders would otherwise fail deep inside with a ``TypeError``. Missing files are
+    left to the loader (which names them)."""
+    import inspect
+
+    import diffusers
+
+    directory = Path(directory)
+    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*/*.json")):
+        if path.name != CHECKSUMS:
+            read_json_object(path)
+    scheduler_path = directory / "scheduler" / "scheduler_config.json"
+    if not scheduler_path.is_file():
+        return
+    config = read_json_object(scheduler_path)
+    scheduler_class = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if scheduler_class is None:
+        return
+    for name, parameter in inspect.signature(scheduler_class.__init__).parameters.items():
+        default, value = parameter.default, config.get(name)
+        if value is None or not isinstance(default, (bool, int, float, str)):
+            continue
+        expected = type(default)
+        fits = isinstance(value, expected) and (expected is bool) == isinstance(value, bool)
+        fits |= expected is float and isinstance(value, int) and not isinstance(value, bool)
+        fits |= expected is int and isinstance(value, float) and value.is_integer()
+        if not fits:
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[expected]
+            raise ValueError(
+                f"{scheduler_path}: key {name} must be {kind}, got {type(value).__name__} {value!r}"
+            )

@@ -4,17 +4,22 @@
     lumiere upsample IN.mp4 -o OUT.mp4 --prompt P   spatial super-resolution of a video (SSR model)
     lumiere train CONFIG.yaml [--resume]            one training stage from a YAML config
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
+    lumiere data cache CONFIG                       encode a latent config's clips and captions once
     lumiere serve [--host H] [--port N] [--model P] a web page for generation (the web extra)
     lumiere estimate CONFIG|DIR|paper [--frames N]  parameters, FLOPs and memory, on the meta device
 
-Out-of-range options are argparse errors (exit code 2) naming the option. What a value must be
-for the model (a window a multiple of its temporal factor, a mask that fits the clip, --strength
-with --video only) is the library's rule, not restated here: the ``ValueError`` or
-``FileNotFoundError`` it raises is reported at one boundary, ``main``: one line on stderr, exit
-code 2, no traceback (``--log-level DEBUG`` logs it). A ``lumiere.errors.InvalidArgument`` names
-the pipeline argument, which ``OPTION_OF_ARGUMENT`` turns into its option, in argparse's words
-(``argument --window: must be a positive multiple of 4 for this model ..., got 6``). Failures of
-the work itself (a missing model, too little memory) exit with code 1.
+Out-of-range options are argparse errors (exit code 2) naming the option, checked at parse time
+where they can be (a seed in [0, 2**64 - 1], a --device this torch build and machine have). What a
+value must be for the model (a window a multiple of its temporal factor, a mask that fits the
+clip, --strength with --video only) is the library's rule, not restated here. Whatever ends a
+subcommand is reported at one boundary, ``main`` (``classify``): one line on stderr naming the
+argument, file or folder, no traceback (``--log-level DEBUG`` logs it); exit code 2 for input to
+change (a ``ValueError``, a missing file, an output path that is a folder), 1 for a fault of the
+machine or of the work (a full disk, a read-only file system, too little memory, a damaged
+model). A ``lumiere.errors.InvalidArgument`` names the pipeline argument, which
+``OPTION_OF_ARGUMENT`` turns into its option, in argparse's words (``argument --window: must be a
+positive multiple of 4 for this model ..., got 6``). Outputs are checked for writability before
+any work and written atomically (``lumiere.files``); docs/reliability.md has the whole matrix.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import logging
 import math
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,14 +36,19 @@ from typing import Any
 # The library's own constants: `import lumiere.cli` imports the package (and torch) anyway.
 from lumiere.data.video_io import VIDEO_EXTENSIONS
 from lumiere.errors import InvalidArgument
+from lumiere.files import (
+    check_writable,
+    describe_os_error,
+    is_machine_fault,
+    staged_folder,
+    write_text_atomic,
+)
 from lumiere.pipelines import SAMPLERS, SSROptions
 
 logger = logging.getLogger("lumiere")
 # What loading a saved model can raise (lumiere.checkpoint.CheckpointError is a RuntimeError):
 # reported as a failure of the work (exit code 1) with the message naming the file or key.
 _MODEL_LOAD_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
-# Values the library refuses: reported by main as option errors (exit code 2).
-_INPUT_ERRORS = (ValueError, FileNotFoundError)
 # The arguments of LumierePipeline.__call__ / .upsample that options set -> the option (the one
 # table between the library's names and the command's): how main names a refused value.
 # fmt: off
@@ -52,6 +63,8 @@ OPTION_OF_ARGUMENT = {
 }
 # fmt: on
 SSR_DEFAULTS = SSROptions()  # the SSR options' defaults, shown in --help
+DECODED_BYTES = 1 + 4 + 4  # per decoded value: uint8 frames, their float32 tensor, its resized copy
+LONG_RUN_S = 600  # an estimated time above this is logged as a warning (stop with Ctrl-C, or --time-limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,18 +72,56 @@ SSR_DEFAULTS = SSROptions()  # the SSR options' defaults, shown in --help
 # ---------------------------------------------------------------------------------------------
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    accepted = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer {accepted}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be an integer {accepted}, got {value}")
         return value
 
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer {accepted}"
     return parse
+
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+_seed = _int_at_least(0, MAX_SEED)
+
+
+def _device(text: str) -> str:
+    """argparse type: a torch device that this torch build has and this machine shows."""
+    import torch
+
+    here = ", ".join(available_devices())
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device; devices here: {here}") from None
+    if device.type == "cpu":
+        return text
+    backend = {"cuda": torch.cuda, "mps": torch.backends.mps}.get(device.type, getattr(torch, device.type, None))
+    found = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    count = getattr(backend, "device_count", lambda: 1)() if found else 0
+    if not found or (device.index is not None and device.index >= count):
+        raise argparse.ArgumentTypeError(f"{text!r} is not available here; devices here: {here}")
+    return text
+
+
+def available_devices() -> list[str]:
+    """The torch devices this build and machine offer: cpu, cuda:N, mps, xpu:N."""
+    import torch
+
+    devices = ["cpu"]
+    devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    devices += ["mps"] if torch.backends.mps.is_available() else []
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        devices += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return devices
 
 
 def _float_in(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
@@ -154,13 +205,22 @@ def _add_model_option(
 def _add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
+        type=_device,
         default=None,
         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
     )
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, guidance: float, guidance_help: str) -> None:
-    """--steps, --guidance and --scheduler of a sampling command."""
+    """--steps, --guidance, --scheduler and --time-limit of a sampling command."""
+    parser.add_argument(
+        "--time-limit",
+        type=_float_at_least(0.0, strict=True),
+        default=None,
+        metavar="MINUTES",
+        help="refuse, before any work, a request estimated to take longer (the estimate is logged either "
+        "way; default: no limit)",
+    )
     parser.add_argument(
         "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
     )
@@ -191,6 +251,14 @@ def _subcommand(
     if run is not None:
         parser.set_defaults(func=run, command_parser=parser)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line on stderr (no usage block): every error of
+    the command reads ``lumiere CMD: error: ...``, the usage stays with ``--help``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -235,10 +303,11 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
     _add_conditioning_options(parser)
     parser.add_argument(
         "--seed",
-        type=_int_at_least(0),
+        type=_seed,
         default=0,
         metavar="S",
-        help="random seed, >= 0; clip i of --num-videos uses seed + i, so it is the same as that seed alone",
+        help="random seed in [0, 2**64 - 1]; clip i of --num-videos uses seed + i, so it is the same as that "
+        "seed alone",
     )
     _add_model_option(parser)
     parser.add_argument(
@@ -372,6 +441,10 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
     if args.alpha is not None and args.style is None:
         parser.error("argument --alpha: needs --style")
+    if args.seed + args.num_videos - 1 > MAX_SEED:
+        parser.error(f"argument --seed: clip i uses seed + i, so --seed must be <= {MAX_SEED - args.num_videos + 1} "
+                     f"with --num-videos {args.num_videos}, got {args.seed}")  # fmt: skip
+    check_writable(args.output, "argument -o/--output")  # before minutes of sampling, not after
     pipe = _load_pipeline(args, parser)
     if isinstance(pipe, int):
         return pipe
@@ -387,46 +460,91 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             return _fail(parser, f"--style {args.style}: {err}")
 
     _place(pipe, args)
+    _check_time(parser, args, pipe, _generate_runs(pipe, args))
     # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
     ssr_options = SSROptions(args.ssr_window, args.ssr_overlap, args.ssr_chunk_size, steps=args.ssr_steps)
     # Options map one to one onto the pipeline's keywords (here and in upsample's call): the two
     # calls share their shape (keyword=args.option), not logic. What the model cannot take (a window
-    # not a multiple of its temporal factor, a mask that does not fit) the pipeline refuses before
-    # any work: an InvalidArgument that main reports as an option error.
-    try:
-        frames = pipe(
-            args.prompt,
-            image=args.image,
-            video=args.video,
-            mask=args.mask,
-            strength=args.strength,
-            num_frames=args.frames,
-            height=args.height,
-            width=args.width,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            negative_prompt=args.negative_prompt,
-            num_videos_per_prompt=args.num_videos,
-            generator=generators,
-            output_type="np",
-            window=args.window,
-            overlap=args.overlap,
-            upsample=not args.no_upsample,
-            ssr_options=ssr_options,
-        ).frames  # [n, f, h, w, 3] in [0, 1]
-    except MemoryError as err:  # InsufficientMemoryError: refused before anything was allocated
-        return _fail(parser, str(err))
+    # not a multiple of its temporal factor, a mask that does not fit, too little memory) the
+    # pipeline refuses before any work: an error that main reports in one line.
+    frames = pipe(
+        args.prompt,
+        image=args.image,
+        video=args.video,
+        mask=args.mask,
+        strength=args.strength,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        negative_prompt=args.negative_prompt,
+        num_videos_per_prompt=args.num_videos,
+        generator=generators,
+        output_type="np",
+        window=args.window,
+        overlap=args.overlap,
+        upsample=not args.no_upsample,
+        ssr_options=ssr_options,
+    ).frames  # [n, f, h, w, 3] in [0, 1]
 
     video = (
         frames[0] if args.num_videos == 1 else make_grid(frames, nrow=math.ceil(math.sqrt(args.num_videos)))
     )
-    path = write_video(args.output, video, fps=args.fps)
+    path = write_video(args.output, video, fps=args.fps)  # atomic: the file is complete or absent
     _, num_frames, height, width, _ = frames.shape
     logger.info(
         "wrote %d clip(s) of %d frames (%dx%d) to %s", args.num_videos, num_frames, width, height, path
     )
     return 0
+
+
+def _generate_runs(pipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The sampling runs of ``lumiere generate`` (base, then SSR), as ``_check_time`` takes them;
+    sizes the pipeline resolves later are taken at their defaults here (an estimate)."""
+    num_frames = args.frames or 16
+    # The networks run on pixels, or on latents vae_scale_factor times smaller (a latent pipeline).
+    factor = getattr(pipe, "vae_scale_factor", 1)
+    side = pipe.stunet.config.unet_config.get("sample_size") or 32
+    side_height, side_width = (side, side) if isinstance(side, int) else side
+    height = args.height // factor if args.height else side_height
+    width = args.width // factor if args.width else side_width
+    guided = args.guidance > 1.0
+    runs = [dict(stunet=pipe.stunet, batch=args.num_videos, num_frames=num_frames, height=height, width=width,
+                 guidance=guided, steps=args.steps, window=args.window, overlap=args.overlap)]  # fmt: skip
+    if pipe.ssr is not None and not args.no_upsample:
+        ssr_factor = pipe.ssr_scale * factor // (factor if getattr(pipe, "ssr_latent", False) else 1)
+        runs.append(dict(stunet=pipe.ssr, batch=args.num_videos, num_frames=num_frames,
+                         height=height * ssr_factor, width=width * ssr_factor, guidance=guided,
+                         steps=args.ssr_steps or args.steps, window=args.ssr_window, overlap=args.ssr_overlap,
+                         chunk_size=args.ssr_chunk_size))  # fmt: skip
+    return runs
+
+
+def _check_time(parser: argparse.ArgumentParser, args: argparse.Namespace, pipe: Any, runs: list[dict[str, Any]]) -> None:
+    """Log the estimated time of ``runs`` before any work; refuse it (exit code 2) when it is over
+    ``--time-limit``. A rough figure (``lumiere.pipelines.memory.estimate_sampling_seconds``)."""
+    from lumiere.pipelines.memory import estimate_sampling_seconds, format_seconds
+
+    if any(run["num_frames"] < 1 or run["height"] < 1 or run["width"] < 1 for run in runs):
+        return  # the pipeline refuses these, naming the option
+    try:
+        estimates = [
+            estimate_sampling_seconds(**run, device=pipe._execution_device, text_tokens=pipe.text_encoder.max_length)
+            for run in runs
+        ]
+    except (ValueError, RuntimeError) as err:  # sizes the network cannot take: the pipeline says which
+        logger.debug("no time estimate: %s", err)
+        return
+    seconds, calls = sum(e[0] for e in estimates), sum(e[1] for e in estimates)
+    estimate = f"about {format_seconds(seconds)} ({calls} network calls)"
+    if args.time_limit is not None and seconds > args.time_limit * 60:
+        parser.error(f"argument --time-limit: the request needs {estimate}, more than {args.time_limit:g} min; "
+                     "use fewer frames or steps, a smaller size, or raise --time-limit")  # fmt: skip
+    # Shown from a minute on (a warning past LONG_RUN_S): a quick run, or a refused one, stays quiet.
+    level = logging.WARNING if seconds > LONG_RUN_S else logging.INFO if seconds >= 60 else logging.DEBUG
+    logger.log(level, "estimated time: %s", estimate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,7 +579,7 @@ def _add_upsample(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="noise augmentation of the input, a timestep of the noise schedule (0: none)",
     )
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, metavar="S", help="random seed, >= 0")
+    parser.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed in [0, 2**64 - 1]")
     parser.add_argument(
         "--fps",
         type=_float_at_least(0.0, strict=True),
@@ -475,36 +593,48 @@ def _add_upsample(parser: argparse.ArgumentParser) -> None:
 def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
-    from lumiere.data.video_io import read_video, write_video
+    from lumiere.data.video_io import probe_video, read_video, write_video
+    from lumiere.pipelines.memory import available_bytes, check_memory
 
     if not args.input.is_file():
         parser.error(f"argument IN: no such file: {str(args.input)!r}")
+    check_writable(args.output, "argument -o/--output")  # before minutes of sampling, not after
     pipe = _load_pipeline(args, parser)
     if isinstance(pipe, int):
         return pipe
     if pipe.ssr is None:
         return _fail(parser, "this model has no SSR model (no ssr/ folder); pass --model with one")
+    _place(pipe, args)
+    # The decoded clip must fit before it is decoded: its size is in the file's header.
+    try:
+        num_frames, height, width = probe_video(args.input)
+    except ValueError as err:  # not a video, or a damaged one (names the file), as read_video below
+        return _fail(parser, str(err))
+    check_memory(num_frames * height * width * 3 * DECODED_BYTES, available_bytes("cpu"),
+                 f"decoding the {num_frames} frames of {width}x{height} of {args.input}")  # fmt: skip
+    _check_time(parser, args, pipe, [dict(
+        stunet=pipe.ssr, batch=1, num_frames=num_frames, height=height * pipe.ssr_scale,
+        width=width * pipe.ssr_scale, guidance=args.guidance > 1.0, steps=args.steps, window=args.window,
+        overlap=args.overlap, chunk_size=args.chunk_size,
+    )])  # fmt: skip
     try:
         frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
     except ValueError as err:  # not a video, or a damaged one (names the file)
         return _fail(parser, str(err))
-    _place(pipe, args)  # the pipeline checks windows and frame size before any work (a ValueError: exit 2)
-    try:
-        video = pipe.upsample(
-            frames[None],
-            args.prompt,
-            window=args.window,
-            overlap=args.overlap,
-            chunk_size=args.chunk_size,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            noise_level=args.noise_level,
-            generator=torch.Generator().manual_seed(args.seed),
-            output_type="np",
-        ).frames[0]  # [f, H, W, 3] in [0, 1]
-    except MemoryError as err:  # InsufficientMemoryError: refused before anything was allocated
-        return _fail(parser, str(err))
-    path = write_video(args.output, video, fps=args.fps or fps or 8.0)
+    # The pipeline checks windows, frame size, noise level and memory before any work.
+    video = pipe.upsample(
+        frames[None],
+        args.prompt,
+        window=args.window,
+        overlap=args.overlap,
+        chunk_size=args.chunk_size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        noise_level=args.noise_level,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="np",
+    ).frames[0]  # [f, H, W, 3] in [0, 1]
+    path = write_video(args.output, video, fps=args.fps or fps or 8.0)  # atomic
     (num_frames, height, width), (out_height, out_width) = frames.shape[:3], video.shape[1:3]
     logger.info(
         "upsampled %d frames from %dx%d to %dx%d into %s",
@@ -543,10 +673,15 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not args.config.is_file():
         parser.error(f"argument config: no such file: {str(args.config)!r}")
-    from lumiere.train import train_from_config
+    from lumiere.config import load_config
+    from lumiere.train import train
 
+    config = load_config(args.config)  # a ValueError naming the file and key (exit code 2)
+    check_writable(config.output_dir, f"config key output_dir in {args.config}", folder=True)
     time_limit_s = None if args.time_limit is None else args.time_limit * 60
-    train_from_config(args.config, resume=args.resume, time_limit_s=time_limit_s)
+    # Disk faults while training (a full disk, a read-only folder) are an OutputError naming the
+    # folder, with the last good checkpoint intact (exit code 1); --resume continues from it.
+    train(config, resume=args.resume, time_limit_s=time_limit_s)
     return 0
 
 
@@ -556,23 +691,34 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _add_inflate(parser: argparse.ArgumentParser) -> None:
-    """Inflate a local diffusers DeepFloyd IF folder into a Lumiere pipeline folder (the paper's
+    """Inflate a local diffusers folder into a Lumiere pipeline folder. DeepFloyd IF (the paper's
     cascade, Sec. 3): the base STUNet from stage I with temporal down/up-sampling, an SSR STUNet
     from stage II (--ssr) without it, the T5 encoder referred to by its path (not copied), and
-    stage I's noise schedule. Nothing is downloaded. Fine-tune it with `lumiere train`
-    (stage stunet, model.init_from: OUT)."""
-    parser.add_argument("source", type=Path, help="local diffusers IF stage I folder (model_index.json, unet/, ...)")
+    stage I's noise schedule. Stable Diffusion 1.x/2.x and SDXL (latent space): the STUNet from
+    the U-Net, the VAE copied, the CLIP encoder(s) referred to by path, the folder's schedule;
+    --conditional widens it for image-to-video and inpainting. Nothing is downloaded. Fine-tune it
+    with `lumiere train` (stage stunet, model.init_from: OUT)."""
+    parser.add_argument(
+        "source", type=Path, help="local diffusers folder: IF stage I, SD 1.x/2.x or SDXL (model_index.json, unet/, ...)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="Lumiere pipeline folder to write")
-    parser.add_argument("--ssr", type=Path, default=None, help="local diffusers IF stage II folder (its unet/)")
+    parser.add_argument("--ssr", type=Path, default=None, help="IF only: local diffusers IF stage II folder (its unet/)")
+    parser.add_argument(
+        "--conditional", action="store_true",
+        help="SD/SDXL: widen the STUNet for image-to-video, inpainting and cinemagraphs (zero-initialised)",
+    )  # fmt: skip
 
 
 def _run_inflate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from lumiere.pipelines.convert import inflate_if_pipeline
+    from lumiere.pipelines.convert import inflate_pipeline
 
+    check_writable(args.out, "argument --out", folder=True)
     try:
-        out = inflate_if_pipeline(args.source, args.out, ssr_source=args.ssr)
-    except _MODEL_LOAD_ERRORS as err:
+        out = inflate_pipeline(args.source, args.out, ssr_source=args.ssr, conditional=args.conditional)
+    except (FileNotFoundError, RuntimeError) as err:  # no source folder, damaged weights: exit code 1
         return _fail(parser, str(err))
+    except ValueError as err:  # a source folder of the wrong kind (naming the component): input to change
+        return _fail(parser, _one_line(str(err)), 2)
     logger.info("wrote %s", out)
     return 0
 
@@ -586,7 +732,11 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     """Generate clips for prompts drawn from the moving-shapes grammar and print JSON scores."""
     parser.add_argument("--count", type=_int_at_least(2), default=100, metavar="N", help="clips, >= 2")
     parser.add_argument(
-        "--seed", type=_int_at_least(0), default=0, metavar="S", help="prompt and noise seed, >= 0"
+        "--seed",
+        type=_int_at_least(0, 2**40),  # clip i's noise seed is seed * 100003 + i (lumiere.eval), a 64-bit seed
+        default=0,
+        metavar="S",
+        help="prompt and noise seed in [0, 2**40]",
     )
     _add_model_option(parser, "pipeline directory")
     parser.add_argument(
@@ -637,6 +787,8 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from lumiere.eval.evaluate import evaluate
 
+    if args.out is not None:
+        check_writable(args.out, "argument --out")  # before the clips are generated and scored
     pipe = _load_pipeline(args, parser)
     if isinstance(pipe, int):
         return pipe
@@ -678,8 +830,7 @@ def _run_eval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     summary = {key: value for key, value in scores.items() if key != "clip_readings"}
     print(json.dumps(summary, indent=2))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(scores, indent=2) + "\n")
+        write_text_atomic(args.out, json.dumps(scores, indent=2) + "\n")
     elif "clip_readings" in scores:
         print("per-clip readings: pass --out FILE to keep them", file=sys.stderr)
     return 0
@@ -718,10 +869,10 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     )
     shapes.add_argument(
         "--seed",
-        type=_int_at_least(0),
+        type=_seed,
         default=0,
         metavar="S",
-        help="random seed, >= 0; a seed always writes the same clips",
+        help="random seed in [0, 2**64 - 1]; a seed always writes the same clips",
     )
     shapes.add_argument(
         "--fps",
@@ -730,15 +881,78 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="frame rate of the files, > 0",
     )
+    _add_data_cache(data_commands)
+    _add_data_shard(data_commands)
 
 
 def _run_data_shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from lumiere.data.shapes import write_shapes_dataset
 
-    paths = write_shapes_dataset(
-        args.out, args.count, num_frames=args.frames, resolution=args.resolution, seed=args.seed, fps=args.fps
-    )
+    check_writable(args.out, "argument --out", folder=True)
+    # Written into a staging folder and moved into --out once complete: a disk that fills up
+    # part-way leaves --out as it was, not a data set cut short.
+    with staged_folder(args.out) as staging:
+        paths = write_shapes_dataset(
+            staging, args.count, num_frames=args.frames, resolution=args.resolution, seed=args.seed, fps=args.fps
+        )
     logger.info("wrote %d clips with captions to %s", len(paths), args.out)
+    return 0
+
+
+def _add_data_cache(data_commands: argparse._SubParsersAction) -> None:
+    cache = _subcommand(
+        data_commands,
+        "cache",
+        _run_data_cache,
+        "encode a latent training config's clips and captions once (its data.cache_dir)",
+        "Encode every training clip to VAE latents and every caption to its text embedding, into "
+        "safetensors shards under the config's data.cache_dir; resumes where a stopped run left off.",
+    )
+    cache.add_argument("config", type=Path, metavar="CONFIG", help="YAML training config (an existing file)")
+
+
+def _run_data_cache(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.config.is_file():
+        parser.error(f"argument config: no such file: {str(args.config)!r}")
+    from lumiere.config import load_config
+    from lumiere.data.latent_cache import build_caches
+
+    config = load_config(args.config)
+    if config.data.cache_dir:
+        check_writable(config.data.cache_dir, f"config key data.cache_dir in {args.config}", folder=True)
+    build_caches(config)
+    return 0
+
+
+def _add_data_shard(data_commands: argparse._SubParsersAction) -> None:
+    shard = _subcommand(
+        data_commands,
+        "shard",
+        _run_data_shard,
+        "write a folder of captioned videos as WebDataset tar shards (data.kind: shards)",
+        "Write the videos of SRC (a folder with a .txt caption beside each video, or a CSV/JSONL "
+        "manifest of path, caption[, start, end]) into WebDataset tar shards of bounded size, with a "
+        "manifest.json of counts, totals and every skipped file with its reason. Resumes after a kill "
+        "without writing a finished shard again (lumiere.data.shards).",
+    )
+    shard.add_argument("src", type=Path, metavar="SRC", help="a folder of videos or a .csv/.jsonl manifest")
+    shard.add_argument("--out", type=Path, required=True, metavar="DIR", help="the shard folder")
+    shard.add_argument(
+        "--shard-size-mb", type=_float_at_least(0.0, strict=True), default=256.0, metavar="N",
+        help="a shard closes before the clip that would take it past N MB, > 0",
+    )  # fmt: skip
+    shard.add_argument(
+        "--workers", type=_int_at_least(1), default=4, metavar="K", help="processes reading files, >= 1"
+    )
+
+
+def _run_data_shard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.src.exists():
+        parser.error(f"argument SRC: no such folder or manifest: {str(args.src)!r}")
+    from lumiere.data.shards import write_shards
+
+    check_writable(args.out, "argument --out", folder=True)
+    write_shards(args.src, args.out, shard_size_mb=args.shard_size_mb, workers=args.workers)
     return 0
 
 
@@ -816,6 +1030,7 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
         ("--max-frames", caps.max_frames, "N", "frames per clip"),
         ("--max-steps", caps.max_steps, "N", "denoising steps"),
         ("--max-size", caps.max_size, "PX", "the base height and width in pixels"),
+        ("--max-queued-per-client", caps.max_queued_per_client, "N", "requests one address may have in line"),
     ):
         parser.add_argument(
             option, type=_int_at_least(1), default=default, metavar=metavar, help=f"cap on {what}"
@@ -848,6 +1063,10 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     if args.port > 65535:
         parser.error(f"argument --port: must be at most 65535, got {args.port}")
+    if args.model is not None and args.model.is_dir():
+        from lumiere.checkpoint import check_model_folder
+
+        check_model_folder(args.model)  # before the server starts
     try:
         from lumiere.web.ui import serve
     except ImportError as err:
@@ -858,6 +1077,7 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         max_size=args.max_size,
         max_upload_bytes=max(1, int(args.max_upload_mb * 2**20)),
         timeout_s=args.timeout,
+        max_queued_per_client=args.max_queued_per_client,
     )
     try:
         serve(
@@ -881,12 +1101,18 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _load_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     """``LumierePipeline.from_pretrained(args.model)``, or the exit code 1 of a model that does not
     load (missing, corrupted, or a config that does not fit the weights), reported."""
+    from lumiere.checkpoint import check_model_folder
     from lumiere.pipelines import LumierePipeline
 
     try:
+        if args.model is not None and args.model.is_dir():
+            check_model_folder(args.model)  # malformed JSON named by file and key, not a TypeError
         return LumierePipeline.from_pretrained(args.model)
     except _MODEL_LOAD_ERRORS as err:
         return _fail(parser, str(err))
+    except (TypeError, AttributeError, KeyError) as err:  # a file the checks above let through
+        logger.debug("loading %s failed", args.model, exc_info=True)
+        return _fail(parser, f"the model folder {args.model} holds a malformed file ({type(err).__name__}: {err})")
 
 
 def _place(pipe: Any, args: argparse.Namespace) -> None:
@@ -899,14 +1125,14 @@ def _place(pipe: Any, args: argparse.Namespace) -> None:
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _fail(parser: argparse.ArgumentParser, message: str) -> int:
+def _fail(parser: argparse.ArgumentParser, message: str, code: int = 1) -> int:
     """Report a failure of the work itself (not of the options): exit code 1."""
     sys.stderr.write(f"{parser.prog}: error: {message}\n")
-    return 1
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lumiere",
         description="Lumiere: space-time diffusion for video generation (Bar-Tal et al. 2024).",
         formatter_class=_HelpFormatter,
@@ -920,7 +1146,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("generate", _add_generate, _run_generate, "generate a video from a text prompt"),
         ("upsample", _add_upsample, _run_upsample, "upsample a video spatially with the SSR model (MultiDiffusion over temporal windows)"),
         ("train", _add_train, _run_train, "train one stage from a YAML config"),
-        ("inflate", _add_inflate, _run_inflate, "inflate a local DeepFloyd IF folder into a Lumiere pipeline folder"),
+        ("inflate", _add_inflate, _run_inflate, "inflate a local DeepFloyd IF, Stable Diffusion or SDXL folder into a Lumiere pipeline folder"),
         ("data", _add_data, None, "write data sets"),
         ("eval", _add_eval, _run_eval, "score a model on moving-shapes prompts (probe accuracy, consistency, Frechet distance)"),
         ("estimate", _add_estimate, _run_estimate, "estimate parameters, FLOPs and memory of a STUNet (meta device)"),
@@ -940,18 +1166,82 @@ def _refusal(err: Exception) -> str:
     return f"argument {OPTION_OF_ARGUMENT[err.argument]}: {err.requirement_for(OPTION_OF_ARGUMENT)}{got}"
 
 
+def classify(err: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) of an error that ends a command: 2 for input to change (a
+    value, a file, an output path), 1 for a fault of the machine or of the work (a full disk, a
+    read-only file system, too little memory, a damaged checkpoint, a run that diverged), 130 for
+    Ctrl-C. Unexpected errors are 1 with their type, the traceback under ``--log-level DEBUG``."""
+    import PIL.Image
+    import torch
+
+    from lumiere.checkpoint import CheckpointError
+
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:  # errno: the OS's word
+        return (1 if is_machine_fault(err) else 2), describe_os_error(err)
+    if isinstance(err, (ValueError, FileNotFoundError)):  # values, files and configs refused
+        return 2, _refusal(err)
+    if isinstance(err, PIL.Image.DecompressionBombError):
+        return 2, f"an input image is too large to decode safely: {err}"
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return 1, f"the device ran out of memory: {str(err).splitlines()[0]}"
+    if isinstance(err, (MemoryError, CheckpointError, OSError)):  # InsufficientMemoryError included
+        return 1, str(err) or type(err).__name__
+    from lumiere.train import TrainingStopped
+
+    if isinstance(err, TrainingStopped):
+        return 1, str(err)
+    return 1, f"unexpected {type(err).__name__}: {err} (run with --log-level DEBUG for the traceback)"
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line: a library message spread over lines joined with "; "."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _quiet_loading_bars() -> None:
+    """Hide the weight-loading progress bars of transformers and diffusers (a bar per component
+    on stderr, before the one line an error or success should be); the sampler's bar stays."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an error left open (a sampler's, training's), so the error line
+    starts on a line of its own instead of after the bar's last frame."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``lumiere`` command; returns the exit code (argparse exits with 2 on bad options)."""
+    """Run the ``lumiere`` command; returns the exit code (argparse exits with 2 on bad options).
+
+    The one error boundary of every subcommand: whatever ends it is one line on stderr (``classify``),
+    no traceback unless ``--log-level DEBUG``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level == "DEBUG":  # tracebacks also where logging was configured before (an embedding program)
+        logger.setLevel(logging.DEBUG)
     # The subcommand's own parser, so errors found later name it.
     parser = args.command_parser
     try:
+        if args.log_level != "DEBUG":
+            _quiet_loading_bars()
         return args.func(args, parser)
-    except _INPUT_ERRORS as err:  # the one boundary for values the library refuses
-        logger.debug("refused", exc_info=True)
-        parser.exit(2, f"{parser.prog}: error: {_refusal(err)}\n")
+    except (Exception, KeyboardInterrupt) as err:
+        code, message = classify(err)
+        logger.debug("%s failed", parser.prog, exc_info=True)
+        _close_progress_bars()
+        if code == 2:
+            parser.exit(2, f"{parser.prog}: error: {_one_line(message)}\n")
+        return _fail(parser, _one_line(message), code)
 
 
 if __name__ == "__main__":

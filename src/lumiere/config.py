@@ -7,6 +7,8 @@ API: an unknown key or a value of the wrong type is a ``ValueError`` naming the 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,12 +29,18 @@ class ModelConfig:
     channels_last: bool = False  # NHWC memory format for the 2-D convolutions
     ssr_scale: int = 2  # ssr: the low-res clip is data.resolution / ssr_scale (the paper's SSR goes 8x)
     ssr_residual: bool = False  # ssr: diffuse the detail over bilinear upsampling, not the clip
+    lora_rank: int = 0  # stunet: rank of LoRA adapters on the spatial layers, trained beside the temporal ones; 0: none
+    lora_alpha: float | None = None  # LoRA scale numerator (scale alpha / rank); None: the rank (scale 1)
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
+    )  # spatial modules given LoRA, by name suffix (diffusers' choice: the attention projections)
+    lora_fuse: bool = False  # export: merge the LoRA into the spatial weights instead of writing pytorch_lora_weights.safetensors
 
 
 @dataclass
 class DataConfig:
-    kind: Literal["shapes", "folder"] = "shapes"  # synthetic MovingShapes or a VideoFolder
-    path: str | None = None  # folder of videos (kind "folder")
+    kind: Literal["shapes", "folder", "shards"] = "shapes"  # synthetic MovingShapes, a VideoFolder, or streamed tar shards
+    path: str | None = None  # folder of videos (kind "folder"); shard paths, folder, glob or {a..b} pattern (kind "shards")
     num_frames: int = 16  # frames per clip (1 for stage t2i)
     resolution: int = 32  # square side in pixels
     fps: float = 8.0  # frame rate the folder videos are resampled to
@@ -51,6 +59,12 @@ class DataConfig:
     # shapes video stages: shares of the motions (left, right, up, down, growing, shrinking,
     # bouncing); None: uniform
     motion_mix: tuple[float, float, float, float, float, float, float] | None = None
+    cache_dir: str | None = None  # latent training: VAE-latent and text caches (`lumiere data cache`); None: encode every step
+    vae_batch_size: int = 8  # latent training: frames per VAE encoder call (its memory does not grow with the clip)
+    shuffle_buffer: int = 256  # shards: clips each reader shuffles among (memory: that many clip references)
+    short_clips: Literal["skip", "loop"] = "skip"  # shards: a clip shorter than the shortest length is skipped or looped
+    buckets: list[tuple[int, int]] | None = None  # shards: (h, w) sizes, a clip goes to the closest aspect, a batch holds one; None: data.resolution squares
+    length_buckets: list[int] | None = None  # shards: frame counts, a clip takes the longest it holds; None: data.num_frames
 
 
 @dataclass
@@ -86,6 +100,9 @@ class TrainConfig:
         default_factory=lambda: ["a red circle moving right on a black background"]
     )  # prompts of the sample clips
     sample_steps: int = 20  # sampler steps of the sample clips
+    log_with: list[str] = field(
+        default_factory=lambda: ["tensorboard"]
+    )  # Accelerate trackers of metrics and sample clips (tensorboard, wandb, ...; []: metrics.jsonl only)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -121,6 +138,7 @@ class TrainConfig:
             ("optim.max_augmentation_level", 0 <= self.optim.max_augmentation_level <= 999, "in [0, 999]"),
             ("optim.timestep_bias_portion", 0 <= self.optim.timestep_bias_portion <= 1, "in [0, 1]"),
             ("optim.timestep_bias_begin", 0 <= self.optim.timestep_bias_begin <= 999, "in [0, 999]"),
+            ("data.shuffle_buffer", self.data.shuffle_buffer >= 1, ">= 1"),
         ]
         for key, ok, accepted in checks:
             if not ok:
@@ -137,8 +155,8 @@ class TrainConfig:
             check_motion_mix(self.data.motion_mix, name="config key data.motion_mix")
             if self.data.kind != "shapes" or stage.image_data:
                 raise ValueError("config key data.motion_mix applies to shapes data in video stages only")
-        if self.data.kind == "folder" and not self.data.path:
-            raise ValueError("config key data.path is required when data.kind is 'folder'")
+        if self.data.kind in ("folder", "shards") and not self.data.path:
+            raise ValueError(f"config key data.path is required when data.kind is {self.data.kind!r}")
         stage.check_config(self)
 
 
@@ -147,12 +165,21 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
 def _check_value(value: Any, hint: Any, key: str) -> Any:
+    """``value`` validated against the type hint ``hint`` (dataclasses, unions, literals, lists,
+    tuples, scalars): generic over the dataclass fields, so new fields need no code here. A
+    ``ValueError`` names ``key`` and what it must be."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise ValueError(f"config key {key} must be a mapping, got {type(value).__name__}")
+            raise ValueError(f"config key {key} must be a mapping of keys to values, got {_type_name(value)}")
         return _from_dict(hint, value, prefix=f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -163,14 +190,14 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
                 return _check_value(value, option, key)
             except ValueError as error:
                 errors.append(str(error))
-        raise ValueError(errors[0])
+        raise ValueError(errors[0] + (" or null" if type(None) in args else ""))
     if origin is Literal:
         if value not in args:
             raise ValueError(f"config key {key} must be one of {list(args)}, got {value!r}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {key} must be a list, got {type(value).__name__}")
+            raise ValueError(f"config key {key} must be a list, got {_type_name(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ValueError(f"config key {key} must have {len(args)} entries, got {len(value)}")
@@ -183,20 +210,45 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ValueError(f"config key {key} must be int, got bool")
+        value = float(value)
+    if hint is float and isinstance(value, str) and _is_number(value):
+        # PyYAML reads 1e-4 (no dot) as text: say how to write it rather than "got str".
+        raise ValueError(f"config key {key} must be a number, got the text {value!r} (YAML reads it as text: "
+                         f"write it with a dot, e.g. {_yaml_float(value)})")  # fmt: skip
+    if hint in (int, float) and isinstance(value, bool):
+        raise ValueError(f"config key {key} must be {'an integer' if hint is int else 'a number'}, got {value}")
     if not isinstance(value, hint):
-        raise ValueError(f"config key {key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+        what = {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(hint, hint.__name__)
+        raise ValueError(f"config key {key} must be {what}, got {_type_name(value)} {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise ValueError(f"config key {key} must be a finite number, got {value}")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _yaml_float(text: str) -> str:
+    """``1e-4`` -> ``1.0e-4``: how YAML 1.1 (PyYAML) wants a float in scientific notation."""
+    mantissa, _, exponent = text.lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else text
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]}; known keys: {', '.join(sorted(names))}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key in names:
+            continue
+        if not isinstance(key, str):
+            raise ValueError(f"config key {prefix}{key!r} must be text, got {_type_name(key)}")
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        hint = f"did you mean {prefix}{close[0]}? " if close else ""
+        raise ValueError(f"unknown config key {prefix}{key}; {hint}known keys: {', '.join(sorted(names))}")
     values = {name: _check_value(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
     return cls(**values)
 
@@ -204,16 +256,48 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Validate plain data (as read from YAML) into a ``TrainConfig``."""
     if not isinstance(data, dict):
-        raise ValueError(f"a training config must be a mapping, got {type(data).__name__}")
+        raise ValueError(f"a training config must be a mapping of keys to values, got {_type_name(data)}")
     return _from_dict(TrainConfig, data)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config."""
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``; a ``ValueError`` naming the file (and the line and column of
+    a syntax error), ``FileNotFoundError`` for a missing file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} does not exist")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not a YAML text file (byte 0x{raw[error.start]:02x} at offset {error.start} is not UTF-8)"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        if isinstance(error, yaml.reader.ReaderError):  # a character YAML refuses: no mark, a position
+            where = f" line {text.count(chr(10), 0, error.position) + 1}"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        context = getattr(error, "context", None)
+        raise ValueError(
+            f"{path}{where}: invalid YAML: {problem}" + (f" ({context})" if context else "")
+        ) from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML training config: every problem is a ``ValueError`` naming the file
+    and the key (YAML syntax: the line), ``FileNotFoundError`` for a missing file."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        return config_from_dict({} if data is None else data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

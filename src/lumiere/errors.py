@@ -1,4 +1,5 @@
-"""What the library raises for a value it cannot take: ``InvalidArgument``, naming the argument.
+"""What the library raises for a value it cannot take (``InvalidArgument``, naming the argument)
+and for an output it cannot write (``OutputError``, naming the path).
 
 The rules live in the library (``LumierePipeline.check_inputs``, ``prepare_conditioning``,
 ``check_window``, ...); front ends do not restate them. They turn the Python argument an error
@@ -49,3 +50,22 @@ class InvalidArgument(ValueError):
         """The requirement with the other arguments spelled by ``names`` (Python name -> the front
         end's name, e.g. ``{"window": "--window"}``); names not in it stay Python names."""
         return self.requirement.format_map(_Names(names))
+
+
+class OutputError(OSError):
+    """An output that cannot be written, in one line naming the path and the cause.
+
+    An ``OSError`` whose ``errno`` is the file system's (``ENOSPC`` for a full disk, ``EROFS``
+    for a read-only file system, ``EISDIR``, ``ENOTDIR``, ``EACCES``, ...), so a front end can
+    tell a fault of the machine from a path to change (``lumiere.files.is_machine_fault``).
+    ``str(err)`` is the message alone, without Python's ``[Errno 28]`` prefix.
+    """
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self):  # pickles (multiprocessing, pytest-xdist) with its own arguments
+        return type(self), (self.errno, self.strerror)

@@ -15,7 +15,9 @@ the network, the data, the loss of a batch, the samples and the export. The loop
   (seed, s, rank) (``lumiere.data.stream``), so restoring weights, optimizer, schedule and EMA
   continues the same run.
 - Atomic checkpoints (``lumiere.checkpoint``); SIGTERM/SIGINT write a final checkpoint; a
-  non-finite loss or gradient skips the step, and too many in a row stop the run.
+  non-finite loss or gradient skips the step, and too many in a row stop the run. Metrics and
+  config files are replaced atomically (``lumiere.files``); a full disk or a read-only folder stops
+  the run in one ``OutputError`` naming the folder, the last good checkpoint intact.
 """
 
 from __future__ import annotations
@@ -36,10 +38,17 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from lumiere.checkpoint import latest_checkpoint, load_latest_checkpoint, save_checkpoint
+from lumiere.checkpoint import (
+    CheckpointWriteError,
+    latest_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.data.stream import step_batches, step_generator
 from lumiere.diffusion import DiffusionObjective
+from lumiere.errors import OutputError
+from lumiere.files import describe_os_error, is_machine_fault, write_text_atomic
 from lumiere.stages import get_stage
 
 logger = logging.getLogger(__name__)
@@ -113,7 +122,7 @@ class _Optimization:
         torch.set_rng_state(saved["rng"])
         return int(saved["state"]["step"]), int(saved["state"]["skipped_steps"])
 
-    def save(self, root: Path, step: int, skipped: int, config: TrainConfig) -> None:
+    def save(self, root: Path, step: int, skipped: int, config: TrainConfig, data: Any = None) -> None:
         save_checkpoint(
             root,
             step,
@@ -128,6 +137,7 @@ class _Optimization:
                 "skipped_steps": skipped,
                 "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"},
                 "config": config_to_dict(config),
+                "data": data,  # shard streams: every process's data position (_data_positions)
             },
             keep=config.keep_checkpoints,
         )
@@ -174,10 +184,13 @@ class _Metrics:
             "elapsed_s": elapsed,
             "skipped_steps": skipped,
         }
+        self.last = record  # what the trackers log
         progress.set_postfix(loss=f"{self.final_loss:.4f}", it_s=f"{steps_per_s:.2f}")
         if self.write:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            # The file is rewritten beside itself and renamed (no fsync: it is a log): a full disk
+            # or a kill leaves the previous lines whole, never half a line.
+            previous = self.path.read_text() if self.path.is_file() else ""
+            write_text_atomic(self.path, previous + json.dumps(record) + "\n", fsync=False)
         self.window_loss, self.window_count = 0.0, 0
 
     def finish(self) -> float:
@@ -199,12 +212,43 @@ def train(
     time_limit_s: float | None = None,  # leave (with a checkpoint) after this wall-clock time
     accelerator: Accelerator | None = None,
 ) -> TrainResult:
-    """Train one stage as ``config`` says; with ``resume`` continue from the latest checkpoint."""
+    """Train one stage as ``config`` says; with ``resume`` continue from the latest checkpoint.
+
+    A disk fault while writing (a full disk, a read-only output folder: a checkpoint, a metrics
+    line, a sample, the export) stops the run with an ``OutputError`` naming the folder and the
+    last good checkpoint, which stays intact; ``resume`` continues from it, bit for bit.
+    """
+    try:
+        return _train(config, resume, stop_after_steps, time_limit_s, accelerator)
+    except CheckpointWriteError:  # says all already: the folder, the space needed, the last checkpoint
+        raise
+    except OSError as error:
+        if not isinstance(error, OutputError) and not is_machine_fault(error):
+            raise  # not a write: e.g. a data folder that does not exist
+        last = latest_checkpoint(Path(config.output_dir) / "checkpoints")
+        kept = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint was written yet"
+        raise OutputError(
+            error.errno,
+            f"training stopped: {error if isinstance(error, OutputError) else describe_os_error(error)}; "
+            f"{kept}: free space or make {config.output_dir} writable, then continue with --resume",
+        ) from error
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    stop_after_steps: int | None,
+    time_limit_s: float | None,
+    accelerator: Accelerator | None,
+) -> TrainResult:
+    output_dir = Path(config.output_dir)
     accelerator = accelerator or Accelerator(
-        mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()
+        mixed_precision=config.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        log_with=_available_trackers(config.log_with),
+        project_dir=output_dir,
     )
     device, is_main = accelerator.device, accelerator.is_main_process
-    output_dir = Path(config.output_dir)
     checkpoints = output_dir / "checkpoints"
 
     # 1. Stage, network, objective, text encoder.
@@ -234,32 +278,25 @@ def train(
 
     # 4. Data stream from this step on.
     dataset, finite = stage.build_dataset()
-    batches = step_batches(
-        dataset,
-        finite,
-        config.optim.batch_size,
-        accelerator.process_index,
-        accelerator.num_processes,
-        step,
-        config.data.seed,
-        config.data.num_workers,
-    )
+    batches = _data_stream(dataset, finite, config, accelerator, step, latest[1]["state"] if latest else None)
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
+        positions = _data_positions(batches, accelerator)  # every process takes part in the gather
         if is_main:
-            opt.save(checkpoints, step, skipped_total, config)
+            opt.save(checkpoints, step, skipped_total, config, data=positions)
         accelerator.wait_for_everyone()
 
     def sample_with_ema(name: str) -> None:
         if is_main:
             with opt.ema_weights() as ema_model:
                 stage.write_samples(ema_model, text_encoder, output_dir / "samples" / name, device)
+            _log_sample_clip(accelerator, output_dir / "samples" / name, step)
 
     # 5. Steps.
     if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+        write_text_atomic(output_dir / "config.json", json.dumps(config_to_dict(config), indent=2))
+    _start_trackers(accelerator, config)
     start_step, bad_in_row = step, 0
     metrics = _Metrics(
         output_dir / "metrics.jsonl", step, config.optim.batch_size * accelerator.num_processes, is_main
@@ -303,6 +340,7 @@ def train(
 
             if step % config.log_every == 0 or step == config.optim.max_steps:
                 metrics.log(step, opt.lr_schedule.get_last_lr()[0], grad_norm, skipped_total, progress)
+                accelerator.log(metrics.last, step=step)
             if step % config.checkpoint_every == 0 and step < config.optim.max_steps:
                 checkpoint()
             if config.sample_every and step % config.sample_every == 0 and step < config.optim.max_steps:
@@ -313,6 +351,7 @@ def train(
                 checkpoint()
                 progress.close()
                 logger.info("stopped at step %d; continue with --resume", step)
+                accelerator.end_training()
                 return TrainResult(step, metrics.final_loss, None, opt.model, skipped_total)
     progress.close()
     final_loss = metrics.finish()
@@ -324,9 +363,88 @@ def train(
         with opt.ema_weights() as ema_model:
             model_dir = stage.export(ema_model, text_encoder, output_dir / "model")
             stage.write_samples(ema_model, text_encoder, output_dir / "samples" / "final.mp4", device)
+        _log_sample_clip(accelerator, output_dir / "samples" / "final.mp4", step)
         logger.info("exported the EMA model to %s", model_dir)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return TrainResult(step, final_loss, model_dir, opt.model, skipped_total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard streams (their data position is part of the checkpoint) and Accelerate's trackers.
+# ---------------------------------------------------------------------------------------------
+
+
+def _data_stream(
+    dataset: Any, finite: bool, config: TrainConfig, accelerator: Accelerator, step: int, saved: dict | None
+) -> Iterator[dict[str, Any]]:
+    """The batches from ``step`` on: a step-indexed stream (``step_batches``), or for tar shards a
+    ``ShardStream`` continuing from the position saved in the checkpoint's state."""
+    from lumiere.data.streaming import ShardStream, StreamingClips
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if isinstance(dataset, StreamingClips):
+        positions = (saved or {}).get("data") or []
+        position = positions[rank] if rank < len(positions) else None
+        if saved is not None and position is None:
+            logger.warning(
+                "the checkpoint holds no data position: the shard stream starts from its beginning"
+            )
+        return ShardStream(dataset, rank, world, config.data.num_workers, position)
+    return step_batches(
+        dataset, finite, config.optim.batch_size, rank, world, step, config.data.seed, config.data.num_workers
+    )
+
+
+def _data_positions(batches: Any, accelerator: Accelerator) -> list[dict[str, Any]] | None:
+    """Every process's shard-stream position, by rank (None for step-indexed streams)."""
+    if not hasattr(batches, "position"):
+        return None
+    if accelerator.num_processes == 1:
+        return [batches.position()]
+    from accelerate.utils import gather_object
+
+    return gather_object([batches.position()])
+
+
+def _available_trackers(names: list[str]) -> list[str]:
+    """``log_with`` less the trackers whose package is not installed (a warning names them)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    installed = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    missing = [name for name in names if name in installed and not installed[name]()]
+    if missing:
+        logger.warning("log_with: %s not installed, metrics go to metrics.jsonl only for them", missing)
+    return [name for name in names if name not in missing]
+
+
+def _start_trackers(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Start the trackers (main process) under ``output_dir/logs`` with the config as hyperparameters."""
+    if not accelerator.log_with:
+        return
+
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(f"{prefix}{key}.", item).items()}
+        scalar = isinstance(value, (int, float, str, bool))
+        return {prefix.rstrip("."): value if scalar else str(value)}
+
+    accelerator.init_trackers("logs", config=flat("", config_to_dict(config)))
+
+
+def _log_sample_clip(accelerator: Accelerator, path: Path, step: int) -> None:
+    """The frames of a written sample clip, to the trackers that take images (TensorBoard: one
+    image of the frames side by side per sample)."""
+    if not accelerator.log_with or not path.is_file():
+        return
+    from lumiere.data.video_io import read_video
+
+    frames, _ = read_video(path)  # [f, h, w, 3] uint8
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({f"samples/{path.stem}": frames}, step=step, dataformats="NHWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({f"samples/{path.stem}": list(frames)}, step=step)
 
 
 def train_from_config(

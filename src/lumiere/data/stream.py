@@ -47,11 +47,13 @@ class StepSampler(Sampler[int]):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Items ``{"video": [c, f, h, w], "caption": str}`` -> ``{"video": [b, c, f, h, w], "caption": [b]}``."""
-    return {
-        "video": torch.stack([item["video"] for item in items]),
-        "caption": [item["caption"] for item in items],
-    }
+    """Items ``{"video": [c, f, h, w], "caption": str}`` -> ``{"video": [b, c, f, h, w], "caption": [b]}``
+    (cached latent data: ``"moments"`` ``[2c, f, h, w]`` in place of ``"video"``)."""
+    batch: dict[str, Any] = {"caption": [item["caption"] for item in items]}
+    for key in ("video", "moments"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
+    return batch
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
+
+from lumiere.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,8 @@ def write_video(path: str | Path, video: np.ndarray | torch.Tensor, fps: float =
 
     H.264 in yuv420p needs even sizes: for .mp4 an odd height or width is padded by repeating the
     last row or column (logged as a warning), so the file is one pixel larger than the frames.
-    VP9 (.webm) and GIF keep odd sizes.
+    VP9 (.webm) and GIF keep odd sizes. The file appears complete or not at all (written beside
+    ``path`` and renamed); an ``OutputError`` names ``path`` when it cannot be written.
     Returns the path.
     """
     path = Path(path)
@@ -143,29 +147,36 @@ def write_video(path: str | Path, video: np.ndarray | torch.Tensor, fps: float =
     frames = to_uint8(_check_frames(video, "video"))
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Encoded into a temporary file beside ``path``, renamed into place once complete: a full
+    # disk or a kill never leaves a truncated (or 0-byte) clip at ``path`` (lumiere.files).
+    with atomic_write(path) as temporary:
+        _encode(temporary, ext, frames, fps, name=path)
+    return path
 
+
+def _encode(path: Path, ext: str, frames: np.ndarray, fps: float, name: Path) -> None:
+    """Encode uint8 frames ``[f, h, w, 3]`` into ``path`` in the format of ``ext`` (``name``: the
+    output the log names)."""
     if ext == ".gif":
         import imageio.v3 as iio
 
         # GIF delays are whole centiseconds; loop=0 repeats forever.
         iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-        return path
+        return
 
     f, h, w, _ = frames.shape
     if ext == ".mp4" and (h % 2 or w % 2):
-        logger.warning("%s: %dx%d is odd; padded to %dx%d for yuv420p", path, h, w, h + h % 2, w + w % 2)
+        logger.warning("%s: %dx%d is odd; padded to %dx%d for yuv420p", name, h, w, h + h % 2, w + w % 2)
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         h, w = frames.shape[1:3]
     codec, options = _CODECS[ext]
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format=ext.lstrip(".")) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = dict(options)
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))  # flush the encoder
-    return path
 
 
 def _undecodable(path: Path, error: Exception) -> ValueError:
@@ -175,6 +186,30 @@ def _undecodable(path: Path, error: Exception) -> ValueError:
     )
 
 
+@contextmanager
+def _video_stream(path: Path) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """The container and first video stream of ``path``; ``FileNotFoundError`` for a missing file,
+    ``ValueError`` naming the file for one FFmpeg cannot read (also when decoding in the block)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {str(path)!r}")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{str(path)!r} has no video stream")
+            yield container, container.streams.video[0]
+    except (av.error.FFmpegError, EOFError) as error:
+        raise _undecodable(path, error) from error
+
+
+def probe_video(path: str | Path) -> tuple[int, int, int]:
+    """(frames, height, width) of a video file from its headers and packets, decoding nothing:
+    what decoding it would hold in memory, known before it is decoded. Errors as ``read_video``."""
+    with _video_stream(Path(path)) as (container, stream):
+        height, width = stream.codec_context.height, stream.codec_context.width
+        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    return int(frames), int(height), int(width)
+
+
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode every frame of a video file -> (uint8 [f, h, w, 3], fps).
 
@@ -182,17 +217,9 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     is corrupted, truncated, not a video, or has no video frames.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no video file at {str(path)!r}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{str(path)!r} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except (av.error.FFmpegError, EOFError) as error:
-        raise _undecodable(path, error) from error
+    with _video_stream(path) as (container, stream):
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if not frames:
         raise ValueError(f"{str(path)!r} has no decodable video frames")
     return np.stack(frames), float(rate) if rate else 0.0
@@ -205,32 +232,22 @@ def read_video_timed(path: str | Path, until: float | None = None) -> tuple[list
     Errors as ``read_video``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no video file at {str(path)!r}")
     frames: list[np.ndarray] = []
     times: list[float] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{str(path)!r} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            step = 1.0 / float(rate) if rate else None
-            for frame in container.decode(stream):
-                if frame.time is not None:
-                    time = float(frame.time)
-                elif step is not None:
-                    time = times[-1] + step if times else 0.0
-                else:
-                    raise ValueError(
-                        f"{str(path)!r}: frames carry no timestamps and the stream no frame rate"
-                    )
-                frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(time)
-                if until is not None and time - times[0] >= until:
-                    break
-    except (av.error.FFmpegError, EOFError) as error:
-        raise _undecodable(path, error) from error
+    with _video_stream(path) as (container, stream):
+        rate = stream.average_rate or stream.guessed_rate
+        step = 1.0 / float(rate) if rate else None
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                time = float(frame.time)
+            elif step is not None:
+                time = times[-1] + step if times else 0.0
+            else:
+                raise ValueError(f"{str(path)!r}: frames carry no timestamps and the stream no frame rate")
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(time)
+            if until is not None and time - times[0] >= until:
+                break
     if not frames:
         raise ValueError(f"{str(path)!r} has no decodable video frames")
     start = times[0]

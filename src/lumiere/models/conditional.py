@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from lumiere.models.stunet import STUNet
 
-MASK_CONDITION_CHANNELS = 4  # masked RGB clip C (3) and the known-mask M (1)
+MASK_CONDITION_CHANNELS = 4  # pixel models: masked RGB clip C (3) and the known-mask M (1)
 TASKS = ("t2v", "i2v", "inpaint", "cinemagraph")
 MOTION_THRESHOLD = 0.1  # |frame - first frame| in [-1, 1] units above which a pixel "moves"
 
@@ -39,8 +39,9 @@ MOTION_THRESHOLD = 0.1  # |frame - first frame| in [-1, 1] units above which a p
 class MaskCondition:
     """What the conditional STUNet takes besides the noisy clip (duck-types ``SSRCondition``).
 
-    video: ``[b, 4, f, h, w]`` the masked conditioning clip ``C * M`` (3 channels, [-1, 1]) and
-        the known-mask ``M`` (1 channel, 0 or 1), concatenated to the noisy clip along channels.
+    video: ``[b, c + 1, f, h, w]`` the masked conditioning clip ``C * M`` (c channels: RGB in
+        [-1, 1] for a pixel model, latents for a latent one) and the known-mask ``M`` (1 channel,
+        0 or 1), concatenated to the noisy clip along channels.
     noise_level: always None (no augmentation level).
     """
 
@@ -49,17 +50,18 @@ class MaskCondition:
 
     @property
     def known(self) -> torch.Tensor:
-        """``[b, 1, f, h, w]`` 1 where the conditioning pixel is given."""
-        return self.video[:, 3:4]
+        """``[b, 1, f, h, w]`` 1 where the conditioning pixel (or latent) is given."""
+        return self.video[:, -1:]
 
     @property
     def clip(self) -> torch.Tensor:
-        """``[b, 3, f, h, w]`` the conditioning clip, zero where unknown."""
-        return self.video[:, :3]
+        """``[b, c, f, h, w]`` the conditioning clip, zero where unknown."""
+        return self.video[:, :-1]
 
 
 def make_mask_condition(clip: torch.Tensor, known: torch.Tensor) -> MaskCondition:
-    """Clip ``[b, 3, f, h, w]`` in [-1, 1] and known-mask ``[b, 1, f, h, w]`` -> ``MaskCondition``."""
+    """Clip ``[b, c, f, h, w]`` (pixels in [-1, 1] or latents) and known-mask ``[b, 1, f, h, w]``
+    -> ``MaskCondition``."""
     if (
         known.ndim != 5
         or known.shape[1] != 1
@@ -76,10 +78,16 @@ def make_mask_condition(clip: torch.Tensor, known: torch.Tensor) -> MaskConditio
 
 def empty_condition(shape: tuple[int, int, int, int, int], device=None, dtype=torch.float32) -> MaskCondition:
     """The text-to-video condition (nothing known) for clips of ``shape`` ``[b, c, f, h, w]``."""
-    batch, _, frames, height, width = shape
+    batch, channels, frames, height, width = shape
     return MaskCondition(
-        torch.zeros(batch, MASK_CONDITION_CHANNELS, frames, height, width, device=device, dtype=dtype)
+        torch.zeros(batch, mask_condition_channels(channels), frames, height, width, device=device, dtype=dtype)
     )
+
+
+def mask_condition_channels(sample_channels: int) -> int:
+    """Extra input channels of a conditional model denoising ``sample_channels``: the masked clip
+    (as many channels) and the mask (1). Pixels: 3 + 1 = ``MASK_CONDITION_CHANNELS``; SD latents: 4 + 1."""
+    return sample_channels + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,9 +96,9 @@ def empty_condition(shape: tuple[int, int, int, int, int], device=None, dtype=to
 
 
 def is_conditional_stunet(stunet: STUNet) -> bool:
-    """Whether ``stunet`` takes the 4 conditioning channels (and no SSR noise level)."""
+    """Whether ``stunet`` takes the conditioning channels (masked clip and mask; no SSR noise level)."""
     return (
-        stunet.in_channels == stunet.out_channels + MASK_CONDITION_CHANNELS
+        stunet.in_channels == stunet.out_channels + mask_condition_channels(stunet.out_channels)
         and stunet.noise_level_embedding is None
     )
 
@@ -106,7 +114,7 @@ def build_conditional_stunet(stunet: STUNet) -> STUNet:
             f"for {stunet.out_channels} output channels (an SSR or otherwise widened model); "
             "start from a text-to-video STUNet"
         )
-    stunet.widen_input(MASK_CONDITION_CHANNELS)
+    stunet.widen_input(mask_condition_channels(stunet.out_channels))
     return stunet
 
 

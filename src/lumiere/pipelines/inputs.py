@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,12 +55,22 @@ class UnreadableInputError(ValueError):
         self.reason = reason
 
 
-class OversizedInputError(ValueError):
-    """An image or video frame of more pixels than ``max_pixels`` (read from the file's header)."""
+# Images and video frames of more pixels are refused from the file's header, before decoding:
+# Pillow's own warning threshold (~89 M pixels, 268 MB as RGB); a generated frame is far smaller.
+MAX_INPUT_PIXELS = PIL.Image.MAX_IMAGE_PIXELS or 89_478_485
 
-    def __init__(self, name: str, width: int, height: int, max_pixels: int):
-        super().__init__(f"{name} is {width}x{height} pixels; at most {max_pixels:,} are taken")
+
+class OversizedInputError(ValueError):
+    """An image or video frame of more pixels than ``max_pixels`` (read from the file's header).
+    ``width`` / ``height`` are None where only the pixel count is known (Pillow's own refusal)."""
+
+    def __init__(
+        self, name: str, width: int | None, height: int | None, max_pixels: int, pixels: int | None = None
+    ):
+        size = f"{width}x{height} pixels" if width is not None else f"{pixels:,} pixels"
+        super().__init__(f"{name} is {size}; at most {max_pixels:,} are taken")
         self.width, self.height, self.max_pixels = width, height, max_pixels
+        self.pixels = pixels if width is None or height is None else width * height
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,12 +109,12 @@ def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def open_image(
-    image: ImageInput, name: str = "image", mode: str = "RGB", max_pixels: int | None = None
+    image: ImageInput, name: str = "image", mode: str = "RGB", max_pixels: int | None = MAX_INPUT_PIXELS
 ) -> PIL.Image.Image:
     """A PIL image in ``mode`` ("RGB", "L" or "RGBA") from a path, a PIL image or an array.
 
-    A file's size is read from its header first: more than ``max_pixels`` is an
-    ``OversizedInputError`` before any pixel is decoded. In "RGB", transparent pixels become white.
+    A file's size is read from its header first: more than ``max_pixels`` (default
+    ``MAX_INPUT_PIXELS``; None: no limit) is an ``OversizedInputError`` before any pixel is decoded. In "RGB", transparent pixels become white.
     ``FileNotFoundError`` for a missing file, ``UnreadableInputError`` for one that is no image.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -111,11 +122,18 @@ def open_image(
         if not path.is_file():
             raise FileNotFoundError(f"{name}: no image file at {str(path)!r}")
         try:
-            with PIL.Image.open(path) as opened:
+            with warnings.catch_warnings():  # the size is checked below, before decoding
+                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+                opened = PIL.Image.open(path)
+            with opened:
                 _check_pixels(name, opened.width, opened.height, max_pixels)
                 opened.load()
                 image = opened.copy()
-        except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+        except PIL.Image.DecompressionBombError as error:  # over twice Pillow's limit: refused in open
+            pixels = re.search(r"\((\d+) pixels\)", str(error))
+            count = int(pixels.group(1)) if pixels else 2 * MAX_INPUT_PIXELS + 1
+            raise OversizedInputError(name, None, None, max_pixels or MAX_INPUT_PIXELS, count) from error
+        except (OSError, SyntaxError) as error:
             reason = "unknown image format" if isinstance(error, PIL.UnidentifiedImageError) else str(error)
             raise UnreadableInputError(
                 f"{name}: {str(path)!r} is not a readable image ({error})", reason
@@ -139,7 +157,9 @@ def _check_pixels(name: str, width: int, height: int, max_pixels: int | None) ->
         raise OversizedInputError(name, width, height, max_pixels)
 
 
-def decode_image(image: ImageInput, name: str = "image", max_pixels: int | None = None) -> torch.Tensor:
+def decode_image(
+    image: ImageInput, name: str = "image", max_pixels: int | None = MAX_INPUT_PIXELS
+) -> torch.Tensor:
     """An image in any accepted form -> ``[1, 3, h, w]`` float32 in [0, 1], at its own size."""
     if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
         image = np.asarray(open_image(image, name, "RGB", max_pixels))
@@ -162,7 +182,10 @@ def _check_image_shape(image: np.ndarray | torch.Tensor, name: str) -> np.ndarra
 
 
 def read_video_file(
-    path: str | os.PathLike, name: str = "video", max_frames: int | None = None, max_pixels: int | None = None
+    path: str | os.PathLike,
+    name: str = "video",
+    max_frames: int | None = None,
+    max_pixels: int | None = MAX_INPUT_PIXELS,
 ) -> np.ndarray:
     """The first ``max_frames`` (default all) frames of a video file -> uint8 ``[f, h, w, 3]``.
 
@@ -195,7 +218,10 @@ def read_video_file(
 
 
 def decode_video(
-    video: VideoInput, name: str = "video", max_frames: int | None = None, max_pixels: int | None = None
+    video: VideoInput,
+    name: str = "video",
+    max_frames: int | None = None,
+    max_pixels: int | None = MAX_INPUT_PIXELS,
 ) -> torch.Tensor:
     """A video in any accepted form -> ``[f, 3, h, w]`` float32 in [0, 1], at its own size (at
     most ``max_frames`` frames: the first ones)."""

@@ -42,6 +42,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
@@ -63,6 +64,13 @@ from lumiere.models.ssr import (
 )
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
+from lumiere.models.vae import (
+    DEFAULT_VAE_BATCH_SIZE,
+    decode_latents,
+    encode_video,
+    latent_channels,
+    vae_scale_factor,
+)
 from lumiere.pipelines.conditioning import Conditioning, KnownPixels, prepare_conditioning
 from lumiere.pipelines.inputs import ImageInput, MaskInput, VideoInput
 from lumiere.pipelines.memory import check_sampling_memory
@@ -72,6 +80,7 @@ from lumiere.pipelines.multidiffusion import (
     multidiffusion_predict,
     temporal_windows,
 )
+from lumiere.pipelines.offload import MemoryOptionsMixin
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +130,7 @@ class LumierePipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
 
 
-class LumierePipeline(DiffusionPipeline):
+class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     """Text-to-video with Lumiere's Space-Time U-Net, and spatial super-resolution.
 
     Components: ``stunet`` (the base ``STUNet``; None in an upsampling-only pipeline),
@@ -140,8 +149,8 @@ class LumierePipeline(DiffusionPipeline):
     augmentation level as its ``class_labels`` (``models.ssr.noise_level_kwargs``).
     """
 
-    model_cpu_offload_seq = "text_encoder->stunet->ssr"
-    _optional_components = ["ssr"]
+    model_cpu_offload_seq = "text_encoder->stunet->ssr->vae"
+    _optional_components = ["ssr", "vae"]
 
     def __init__(
         self,
@@ -151,10 +160,13 @@ class LumierePipeline(DiffusionPipeline):
         ssr: STUNet | None = None,
         ssr_scale: int = 2,
         ssr_residual: bool = False,
+        vae: AutoencoderKL | None = None,
+        ssr_latent: bool = False,
     ):
         super().__init__()
         if stunet is None and ssr is None:
             raise ValueError("a LumierePipeline needs a base stunet, an ssr model, or both; got neither")
+        check_latent_space(stunet, ssr, scheduler, vae, ssr_latent)
         for name, model in (("stunet", stunet), ("ssr", ssr)):
             text_width = None if model is None else _text_width(model)
             if text_width is not None and text_width != text_encoder.dim:
@@ -168,10 +180,10 @@ class LumierePipeline(DiffusionPipeline):
             raise ValueError(
                 f"ssr_scale={ssr_scale!r}: must be an integer >= 1 (the SSR's upsampling factor)"
             )
-        self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr)
+        self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr, vae=vae)
         if not isinstance(ssr_residual, bool):
             raise ValueError(f"ssr_residual={ssr_residual!r}: must be True or False")
-        self.register_to_config(ssr_scale=ssr_scale, ssr_residual=ssr_residual)
+        self.register_to_config(ssr_scale=ssr_scale, ssr_residual=ssr_residual, ssr_latent=ssr_latent)
 
     @classmethod
     def from_stunet(
@@ -182,6 +194,8 @@ class LumierePipeline(DiffusionPipeline):
         ssr: STUNet | None = None,  # SSR model (lumiere.models.ssr.build_ssr_stunet), optional
         ssr_scale: int | None = None,  # the SSR's upsampling factor; default 2
         ssr_residual: bool = False,  # the SSR denoises the detail over bilinear (model.ssr_residual)
+        vae: AutoencoderKL | None = None,  # a latent model's autoencoder; None: pixel space
+        ssr_latent: bool = False,  # with a vae: the SSR upsamples latents (else the decoded pixels)
     ) -> LumierePipeline:
         """A pipeline around a STUNet (and an SSR), with default text encoder and sampler where not given."""
         return cls(
@@ -191,6 +205,8 @@ class LumierePipeline(DiffusionPipeline):
             ssr=ssr,
             ssr_scale=2 if ssr_scale is None else ssr_scale,
             ssr_residual=ssr_residual,
+            vae=vae,
+            ssr_latent=ssr_latent,
         )
 
     def with_ssr(self, upsampler: LumierePipeline) -> LumierePipeline:
@@ -209,6 +225,8 @@ class LumierePipeline(DiffusionPipeline):
             ssr=upsampler.ssr,
             ssr_scale=upsampler.ssr_scale,
             ssr_residual=upsampler.ssr_residual,
+            vae=self.vae,
+            ssr_latent=upsampler.ssr_latent,
         )
 
     @property
@@ -220,6 +238,16 @@ class LumierePipeline(DiffusionPipeline):
     def ssr_residual(self) -> bool:
         """Whether the SSR denoises the high-res detail over bilinear (its training ``model.ssr_residual``)."""
         return bool(self.config.get("ssr_residual", False))
+
+    @property
+    def ssr_latent(self) -> bool:
+        """Whether the SSR upsamples the base clip's latents (before decoding) rather than its pixels."""
+        return bool(self.config.get("ssr_latent", False))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per sample along height and width: 8 for an SD-family latent pipeline, 1 in pixel space."""
+        return 1 if self.vae is None else vae_scale_factor(self.vae)
 
     def _networks(self) -> list[STUNet]:
         return [model for model in (self.stunet, self.ssr) if model is not None]
@@ -236,6 +264,8 @@ class LumierePipeline(DiffusionPipeline):
             device, dtype = None, device
         if device is not None:
             self.text_encoder.to(device)
+            if self.vae is not None:  # the autoencoder keeps its precision too (SDXL's overflows in fp16)
+                self.vae.to(device)
         for model in self._networks():
             # Only the arguments given: diffusers warns on any dtype argument, even None.
             model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
@@ -249,8 +279,8 @@ class LumierePipeline(DiffusionPipeline):
     # ----- save / load ------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Write ``stunet/``, ``text_encoder/``, ``scheduler/``, ``ssr/`` (when present) and
-        ``model_index.json`` (component classes and ``ssr_scale``).
+        """Write ``stunet/``, ``text_encoder/``, ``scheduler/``, ``ssr/`` and ``vae/`` (when present)
+        and ``model_index.json`` (component classes, ``ssr_scale``, ``ssr_residual``, ``ssr_latent``).
 
         ``kwargs`` go to ``STUNet.save_pretrained`` (e.g. ``variant``); weights are safetensors.
         """
@@ -260,6 +290,8 @@ class LumierePipeline(DiffusionPipeline):
             model = getattr(self, name)
             if model is not None:
                 model.save_pretrained(directory / name, safe_serialization=True, **kwargs)
+        if self.vae is not None:
+            self.vae.save_pretrained(directory / "vae", safe_serialization=True)
         self.text_encoder.save_pretrained(directory / "text_encoder")
         self.scheduler.save_pretrained(directory / "scheduler")
         self.save_config(directory)  # model_index.json: class names of the components
@@ -273,8 +305,9 @@ class LumierePipeline(DiffusionPipeline):
         """Load a directory written by ``save_pretrained``; no path: the model shipped in the package.
 
         Only local directories are read (nothing is downloaded). The scheduler's class comes from
-        its saved ``_class_name`` and must be a diffusers scheduler. ``ssr/`` is loaded when
-        model_index.json lists it (directories saved before SSR existed load without one).
+        its saved ``_class_name`` and must be a diffusers scheduler. ``ssr/`` and ``vae/`` are
+        loaded when model_index.json lists them (folders saved before they existed load without).
+        A latent pipeline's ``vae/`` keeps its own (fp32) precision under ``torch_dtype``.
         """
         if path is None:
             if not (DEFAULT_MODEL_DIR / MODEL_INDEX).is_file():
@@ -290,7 +323,7 @@ class LumierePipeline(DiffusionPipeline):
                 "LumierePipeline.save_pretrained"
             )
         index = _read_json(directory / MODEL_INDEX)
-        listed = {name: _is_listed(index.get(name)) for name in ("stunet", "ssr")}
+        listed = {name: _is_listed(index.get(name)) for name in ("stunet", "ssr", "vae")}
         if "stunet" not in index:  # written before the base model became optional
             listed["stunet"] = True
         required = ["text_encoder", "scheduler"] + [name for name, present in listed.items() if present]
@@ -299,9 +332,10 @@ class LumierePipeline(DiffusionPipeline):
                 raise FileNotFoundError(f"{directory} has no {sub}/ folder; it is not a complete pipeline")
 
         models = {
-            name: STUNet.from_pretrained(directory / name, torch_dtype=torch_dtype) if present else None
-            for name, present in listed.items()
+            name: STUNet.from_pretrained(directory / name, torch_dtype=torch_dtype) if listed[name] else None
+            for name in ("stunet", "ssr")
         }
+        vae = AutoencoderKL.from_pretrained(directory / "vae") if listed["vae"] else None
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
         scheduler = _load_scheduler(directory / "scheduler")
         pipe = cls(
@@ -311,6 +345,8 @@ class LumierePipeline(DiffusionPipeline):
             ssr=models["ssr"],
             ssr_scale=int(index.get("ssr_scale", 2)),
             ssr_residual=bool(index.get("ssr_residual", False)),
+            vae=vae,
+            ssr_latent=bool(index.get("ssr_latent", False)),
         )
         pipe.register_to_config(_name_or_path=str(directory))
         return pipe
@@ -382,7 +418,7 @@ class LumierePipeline(DiffusionPipeline):
                 f"must be a positive multiple of {factor} for this model {examples}, or longer than {{window}}",
                 num_frames,
             )
-        space = self.stunet.spatial_factor
+        space = self.stunet.spatial_factor * self.vae_scale_factor  # a latent model: 8 pixels per latent
         for name, size in (("height", height), ("width", width)):
             if size < 1 or size % space:
                 raise InvalidArgument(name, f"must be a positive multiple of {space} for this model", size)
@@ -394,8 +430,9 @@ class LumierePipeline(DiffusionPipeline):
             )
         if num_videos_per_prompt < 1:
             raise InvalidArgument("num_videos_per_prompt", "must be >= 1", num_videos_per_prompt)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r}: choose one of {', '.join(OUTPUT_TYPES)}")
+        output_types = OUTPUT_TYPES + (("latent",) if self.vae is not None else ())
+        if output_type not in output_types:
+            raise ValueError(f"output_type={output_type!r}: choose one of {', '.join(output_types)}")
         num_clips = len(prompts) * num_videos_per_prompt
         if isinstance(generator, (list, tuple)) and len(generator) != num_clips:
             raise ValueError(
@@ -416,14 +453,14 @@ class LumierePipeline(DiffusionPipeline):
         one row per clip (prompt-major). The unconditional input is the negative prompt, by
         default the empty prompt the model was trained with (caption dropout)."""
         cond = self.text_encoder.encode(prompts, device=device)
-        cond = TextEncoding(*(x.repeat_interleave(num_videos_per_prompt, dim=0) for x in cond))
+        cond = cond.map(lambda x: x.repeat_interleave(num_videos_per_prompt, dim=0))
         if not do_guidance:
             return cond, None
         if negative_prompt is None:
             negative_prompt = NULL_PROMPT
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
         uncond = self.text_encoder.encode(list(negatives), device=device)
-        uncond = TextEncoding(*(x.repeat_interleave(num_videos_per_prompt, dim=0) for x in uncond))
+        uncond = uncond.map(lambda x: x.repeat_interleave(num_videos_per_prompt, dim=0))
         return cond, uncond
 
     def prepare_noise(
@@ -487,8 +524,8 @@ class LumierePipeline(DiffusionPipeline):
                 model,
                 chunk,
                 timestep,
-                TextEncoding(*map(tile, cond)),
-                None if uncond is None else TextEncoding(*map(tile, uncond)),
+                cond.map(tile),
+                None if uncond is None else uncond.map(tile),
                 guidance_scale,
                 noise_level,
             )[:, :channels]
@@ -509,22 +546,37 @@ class LumierePipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """One network call with classifier-free guidance: ``[b, c_in, f, h, w] -> [b, c_out, f, h, w]``."""
         dtype = model.dtype
-        states, mask = cond
+        text = cond
         if uncond is not None:
             model_input = torch.cat([model_input, model_input])  # [2b, c, f, h, w]
-            states, mask = torch.cat([uncond.states, states]), torch.cat([uncond.mask, mask])
+            text = TextEncoding.cat([uncond, cond])
             noise_level = None if noise_level is None else torch.cat([noise_level, noise_level])
         output = model(
             model_input.to(dtype),
             timestep,
-            encoder_hidden_states=states.to(dtype),
-            encoder_attention_mask=mask,
+            encoder_hidden_states=text.states.to(dtype),
+            encoder_attention_mask=text.mask,
+            added_cond_kwargs=self._added_cond_kwargs(model, text, dtype),
             **noise_level_kwargs(model, noise_level),
         ).sample.float()
         if uncond is None:
             return output
         out_uncond, out_cond = output.chunk(2)
         return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+    def _added_cond_kwargs(self, model: STUNet, text: TextEncoding, dtype: torch.dtype) -> dict | None:
+        """SDXL's added conditions for a batch of text states: the pooled text embedding ``[b, p]``
+        and the call's time ids ``[b, n]`` (``micro_conditioning``); None for other models."""
+        if model.config.unet_config.get("addition_embed_type") != "text_time":
+            return None
+        time_ids = getattr(self, "_time_ids", None)
+        if time_ids is None:  # an SSR-only call of an SDXL-family model: the clip's own size
+            raise ValueError("SDXL time ids are not set; call the pipeline (it sets micro_conditioning)")
+        batch = text.states.shape[0]
+        return {
+            "text_embeds": text.pooled.to(text.states.device, dtype),
+            "time_ids": time_ids.to(text.states.device, dtype)[None].expand(batch, -1),
+        }
 
     def denoise(
         self,
@@ -669,7 +721,7 @@ class LumierePipeline(DiffusionPipeline):
         sample = self.prepare_noise(shape, generator, None, device)
 
         # 2. Conditioning: the upsampled low-res clip, noise-augmented at a fixed level.
-        augmentation = _randn_per_clip((batch, 3, *shape[2:]), generator, device)
+        augmentation = _randn_per_clip((batch, low_res.shape[1], *shape[2:]), generator, device)
         levels = torch.full((batch,), options.noise_level, dtype=torch.long, device=device)
         low_res = low_res.to(device=device, dtype=torch.float32)
         condition = make_condition(low_res, size, levels, augmentation, _alphas_cumprod(self.scheduler))
@@ -723,15 +775,23 @@ class LumierePipeline(DiffusionPipeline):
         _check_per_clip(prompts, negative_prompt, generator, output_type, batch, "clips")
         options = SSROptions(window, overlap, chunk_size, num_inference_steps, guidance_scale, noise_level)
         names = {field: field for field in SSROptions.fields()} | {"steps": "num_inference_steps"}
-        size = (height * self.ssr_scale, width * self.ssr_scale)
+        factor = self.vae_scale_factor if self.ssr_latent else 1  # a latent SSR works on 8x smaller latents
+        if height % factor or width % factor:
+            raise InvalidArgument("video", f"frames must have sides that are multiples of {factor} for this latent SSR")
+        size = (height // factor * self.ssr_scale, width // factor * self.ssr_scale)
         windows = self.check_ssr_inputs(num_frames, *size, options, names=names)
         self.check_ssr_memory(batch, num_frames, *size, options)
 
-        # 2. Text states per clip, then SSR with MultiDiffusion over time.
+        # 2. Text states per clip, then SSR with MultiDiffusion over time (of the clip's latents for
+        #    a latent SSR, decoded after).
         cond, uncond = self.encode_prompt(
             prompts, negative_prompt, 1, guidance_scale > 1.0, self._execution_device
         )
+        if self.ssr_latent:
+            low_res = self.encode_clip(low_res)
         sample = self.super_resolve(low_res, cond, uncond, options, windows, generator)
+        if self.ssr_latent:
+            sample = self.decode_clip(sample)
 
         # 3. Frames.
         return self._output(sample, output_type, return_dict)
@@ -751,7 +811,7 @@ class LumierePipeline(DiffusionPipeline):
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per clip
         noise: torch.Tensor | None = None,  # initial noise [b, c, f, h, w] (unscaled); overrides generator
-        output_type: str = "np",  # "np", "pt" or "pil"
+        output_type: str = "np",  # "np", "pt", "pil"; "latent": a latent pipeline's undecoded latents
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,  # (step, timestep, sample)
         return_dict: bool = True,
         window: int | None = None,  # base windows (MultiDiffusion) beyond the training length; None: one pass
@@ -764,6 +824,8 @@ class LumierePipeline(DiffusionPipeline):
         mask: MaskInput | None = None,  # [h, w] or [f, h, w]: 1 = region to generate / animate
         strength: float | None = None,  # SDEdit: how much of the video is re-generated, (0, 1]; default 0.6
         keep_known: bool = True,  # re-impose the given pixels (first frame, unmasked region) at every step
+        vae_batch_size: int = DEFAULT_VAE_BATCH_SIZE,  # latent pipelines: frames per VAE encode/decode call
+        micro_conditioning: Sequence[float] | None = None,  # SDXL time ids; default (h, w, 0, 0, h, w)
         **ssr_kwargs: Any,  # ssr_window=, ssr_overlap=, ssr_chunk_size=, ssr_steps=, ssr_guidance_scale=, ...
     ) -> LumierePipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` clips of ``num_frames`` frames.
@@ -806,24 +868,32 @@ class LumierePipeline(DiffusionPipeline):
                                     negative_prompt, num_videos_per_prompt, generator, output_type, window, overlap)  # fmt: skip
         conditional = is_conditional_stunet(self.stunet)
         channels = sample_channels(self.stunet, self.scheduler)  # of the clip; other inputs condition it
-        conditioning.check_model(conditional, self.stunet.in_channels - channels)
+        conditioning.check_model(conditional, self.stunet.in_channels - channels, channels)
         windows = _windows(num_frames, window, overlap)
         num_clips = len(prompts) * num_videos_per_prompt
-        ssr = self._plan_ssr(upsample, ssr_options, ssr_kwargs, num_clips, num_frames, height, width,
-                             num_inference_steps)  # fmt: skip
-        check_sampling_memory(self.stunet, num_clips, num_frames, height, width, guidance_scale > 1.0,
+        size = (height // self.vae_scale_factor, width // self.vae_scale_factor)  # of the sample (latents)
+        ssr = self._plan_ssr(upsample and output_type != "latent", ssr_options, ssr_kwargs, num_clips,
+                             num_frames, *(size if self.ssr_latent else (height, width)), num_inference_steps)  # fmt: skip
+        check_sampling_memory(self.stunet, num_clips, num_frames, *size, guidance_scale > 1.0,
                               self._execution_device, window=window, chunk_size=chunk_size,
                               text_tokens=self.text_encoder.max_length)  # fmt: skip
         device = self._execution_device
+        _check_vae_batch_size(vae_batch_size)
 
         # 2. Encode the text: conditional and (with guidance) unconditional states per clip.
         cond, uncond = self.encode_prompt(
             prompts, negative_prompt, num_videos_per_prompt, guidance_scale > 1.0, device
         )
+        self._time_ids = self.micro_conditioning(self.stunet, cond, height, width, micro_conditioning)
 
         # 3. Timesteps and initial noise [b, c, f, h, w]; SDEdit: the last `strength` of the
-        #    timesteps, starting from the input video noised to the first of them.
-        shape = (num_clips, channels, num_frames, height, width)
+        #    timesteps, starting from the input video noised to the first of them. A latent
+        #    pipeline works on the VAE latents of the given clip and a mask on the latent grid.
+        shape = (num_clips, channels, num_frames, *size)
+        pixels = conditioning  # the given clip and known-mask in pixels, for the final composite
+        if self.vae is not None:
+            conditioning = conditioning.to_latents(lambda clip: self.encode_clip(clip, vae_batch_size),
+                                                   self.vae_scale_factor)  # fmt: skip
         timesteps, sample = self.prepare_timesteps_and_noise(shape, conditioning, num_inference_steps,
                                                              generator, noise, device)  # fmt: skip
 
@@ -842,27 +912,82 @@ class LumierePipeline(DiffusionPipeline):
         if known_pixels is not None:  # exact after the last step (also for a final step that is not 0)
             sample = known_pixels.impose(sample, self.scheduler, timesteps[:0])
 
-        # 6. Spatial super-resolution of the base clip, window by window (Sec. 3.2).
-        if ssr is not None:
-            options, ssr_windows = ssr
-            ssr_cond, ssr_uncond = self.encode_prompt(prompts, negative_prompt, num_videos_per_prompt,
-                                                      options.guidance_scale > 1.0, device)  # fmt: skip
-            sample = self.super_resolve(
-                sample.clamp(-1, 1), ssr_cond, ssr_uncond, options, ssr_windows, generator
+        # 6. Spatial super-resolution of the base clip, window by window (Sec. 3.2), of its latents
+        #    (``ssr_latent``) or of its pixels; a latent clip is decoded frame by frame in between.
+        if ssr is not None and self.ssr_latent:
+            sample = self.super_resolve_clip(sample, prompts, negative_prompt, num_videos_per_prompt, ssr, generator)
+        if self.vae is not None and output_type != "latent":
+            sample = self.decode_clip(sample, vae_batch_size)
+            if pixels.keeps_pixels and not self.ssr_latent:  # the given pixels, exactly (latents are 8x coarser)
+                sample = pixels.composite(sample.clamp(-1, 1))
+        if ssr is not None and not self.ssr_latent:
+            sample = self.super_resolve_clip(
+                sample.clamp(-1, 1), prompts, negative_prompt, num_videos_per_prompt, ssr, generator
             )
 
-        # 7. Decode: frames [b, f, h, w, 3] in [0, 1].
+        # 7. Frames [b, f, h, w, 3] in [0, 1] (or the latents).
         return self._output(sample, output_type, return_dict)
 
     # ----- steps of __call__ (continued) ------------------------------------------------------
 
+    def super_resolve_clip(
+        self,
+        sample: torch.Tensor,  # [b, c, f, h, w] the base clip (pixels in [-1, 1], or latents)
+        prompts: list[str],
+        negative_prompt: str | list[str] | None,
+        num_videos_per_prompt: int,
+        ssr: tuple[SSROptions, list[slice] | None],  # from _plan_ssr
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """Step 6 of ``__call__``: the SSR's text states, then ``super_resolve``."""
+        options, windows = ssr
+        cond, uncond = self.encode_prompt(prompts, negative_prompt, num_videos_per_prompt,
+                                          options.guidance_scale > 1.0, self._execution_device)  # fmt: skip
+        return self.super_resolve(sample, cond, uncond, options, windows, generator)
+
+    def encode_clip(self, clip: torch.Tensor, vae_batch_size: int = DEFAULT_VAE_BATCH_SIZE) -> torch.Tensor:
+        """Clips ``[b, 3, f, h, w]`` in [-1, 1] -> the VAE's scaled latents ``[b, c, f, h/8, w/8]`` (the
+        posterior's mean), ``vae_batch_size`` frames per call (``lumiere.models.vae``)."""
+        return encode_video(self.vae, clip.to(self._execution_device), vae_batch_size)
+
+    def decode_clip(self, latents: torch.Tensor, vae_batch_size: int = DEFAULT_VAE_BATCH_SIZE) -> torch.Tensor:
+        """Scaled latents ``[b, c, f, h, w]`` -> clips ``[b, 3, f, 8h, 8w]`` in about [-1, 1], decoded
+        ``vae_batch_size`` frames per call, so decoder memory does not grow with the clip's length."""
+        return decode_latents(self.vae, latents, vae_batch_size)
+
+    @staticmethod
+    def micro_conditioning(
+        stunet: STUNet, text: TextEncoding, height: int, width: int, given: Sequence[float] | None
+    ) -> torch.Tensor | None:
+        """SDXL's size and crop conditioning (Podell et al. 2023, Sec. 2.2) as the ``time_ids`` ``[n]``
+        of an image model with a "text_time" added embedding (None for the others): ``given``, else
+        (original height, width, crop top, left, target height, width) = (h, w, 0, 0, h, w); a
+        5-id model (the SDXL refiner) takes (h, w, 0, 0, aesthetic score 6), as diffusers' defaults."""
+        config = stunet.config.unet_config
+        if config.get("addition_embed_type") != "text_time":
+            if given is not None:
+                raise InvalidArgument("micro_conditioning", "applies to SDXL-family models only (time ids)")
+            return None
+        if text.pooled is None:
+            raise ValueError(
+                "this STUNet takes SDXL's pooled text embedding (addition_embed_type 'text_time'); "
+                "use the SDXL text encoder of its folder (both CLIP encoders)"
+            )
+        count = _time_id_count(config, text.pooled.shape[-1])
+        default = (height, width, 0, 0, height, width) if count == 6 else (height, width, 0, 0, 6.0)
+        ids = default if given is None else tuple(given)
+        if len(ids) != count or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ids):
+            raise InvalidArgument("micro_conditioning", f"must be {count} finite numbers for this model", given)
+        return torch.tensor(ids, dtype=torch.float32)
+
     def _base_size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        """(height, width) of the base clip: as given, else the STUNet's sample size."""
+        """(height, width) of the base clip in pixels: as given, else the STUNet's sample size (times
+        the VAE's 8 for a latent pipeline, as diffusers' pipelines default)."""
         if self.stunet is None:
             raise ValueError(
                 "this pipeline has no base stunet (an upsampling-only pipeline): use pipe.upsample(video, prompt)"
             )
-        default_height, default_width = _sample_size(self.stunet)
+        default_height, default_width = (side * self.vae_scale_factor for side in _sample_size(self.stunet))
         return (default_height if height is None else height), (default_width if width is None else width)
 
     def _plan_ssr(
@@ -905,15 +1030,16 @@ class LumierePipeline(DiffusionPipeline):
         sample = self.prepare_noise(shape, generator, noise, device)
         if conditioning.is_sdedit:
             timesteps = self.sdedit_timesteps(num_inference_steps, conditioning.strength)
-            clean = conditioning.clip.to(device)[None].expand(shape)  # [b, 3, f, h, w]
+            clean = conditioning.clip.to(device)[None].expand(shape)  # [b, c, f, h, w]
             sample = self.scheduler.add_noise(clean, sample / self.scheduler.init_noise_sigma, timesteps[:1])
         return timesteps, sample
 
     def _output(
         self, sample: torch.Tensor, output_type: str, return_dict: bool
     ) -> LumierePipelineOutput | tuple:
-        """The call's result: frames of ``output_type``, typed (or a tuple); model hooks freed."""
-        frames = self.postprocess(sample, output_type)
+        """The call's result: frames of ``output_type`` (latents for "latent"), typed (or a tuple);
+        model hooks freed."""
+        frames = sample if output_type == "latent" else self.postprocess(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
@@ -1132,3 +1258,41 @@ def _load_scheduler(directory: Path) -> SchedulerMixin:
     if not (isinstance(scheduler_cls, type) and issubclass(scheduler_cls, SchedulerMixin)):
         raise ValueError(f"{config_path}: _class_name={class_name!r} is not a diffusers scheduler class")
     return scheduler_cls.from_config(config)
+
+
+def _time_id_count(unet_config: Mapping[str, Any], pooled_width: int) -> int:
+    """How many time ids an SDXL-family U-Net takes: its added projection's input minus the pooled
+    text width, per time id (SDXL base: (2816 - 1280) / 256 = 6; refiner: (2560 - 1280) / 256 = 5)."""
+    total = unet_config["projection_class_embeddings_input_dim"]
+    return (total - pooled_width) // unet_config["addition_time_embed_dim"]
+
+
+def _check_vae_batch_size(vae_batch_size: int) -> None:
+    if isinstance(vae_batch_size, bool) or not isinstance(vae_batch_size, int) or vae_batch_size < 1:
+        raise InvalidArgument("vae_batch_size", "must be an integer >= 1 (frames per VAE call)", vae_batch_size)
+
+
+def check_latent_space(
+    stunet: STUNet | None,
+    ssr: STUNet | None,
+    scheduler: SchedulerMixin,
+    vae: AutoencoderKL | None,
+    ssr_latent: bool,
+) -> None:
+    """``ValueError`` naming the component unless the networks denoise the space they are given:
+    the VAE's latent channels for the base STUNet (and a latent SSR), RGB for a pixel SSR."""
+    if not isinstance(ssr_latent, bool):
+        raise ValueError(f"ssr_latent={ssr_latent!r}: must be True or False")
+    if vae is None:
+        if ssr_latent:
+            raise ValueError("ssr_latent=True needs a vae (the SSR upsamples latents); this pipeline has none")
+        return
+    latents = latent_channels(vae)
+    spaces = [("stunet", stunet, latents), ("ssr", ssr, latents if ssr_latent else 3)]
+    for name, model, expected in spaces:
+        if model is not None and sample_channels(model, scheduler) != expected:
+            space = f"the vae's {latents} latent channels" if expected == latents else "RGB pixels (3 channels)"
+            raise ValueError(
+                f"{name} denoises {sample_channels(model, scheduler)} channels but works on {space}: "
+                f"its image model's out_channels must match the vae's latent_channels"
+            )

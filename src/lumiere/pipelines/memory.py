@@ -12,6 +12,9 @@ what to change.
     check_memory(required, available, what) -> raises InsufficientMemoryError when required > available
     check_sampling_memory(stunet, batch, num_frames, height, width, guidance, device, ...)
         -> the check a pipeline makes before sampling (windows and chunks included)
+    estimate_sampling_seconds(stunet, batch, num_frames, height, width, guidance, steps, device, ...)
+        -> (rough seconds, network calls) of a sampling run, before it runs (``lumiere generate``,
+           ``lumiere upsample``: logged, and refused past ``--time-limit``)
 
 Set ``LUMIERE_SKIP_MEMORY_CHECK=1`` to turn ``check_sampling_memory`` off (e.g. with swap).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,3 +304,100 @@ def check_sampling_memory(
     available = available_bytes(device)
     logger.debug("%s: needs about %s, %s available", what, format_bytes(required), available)
     check_memory(required, available, what)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time: FLOPs of the request (counted on the meta device) over the speed measured on the device.
+# ---------------------------------------------------------------------------------------------
+
+# Share of the float32 matrix-multiply speed a STUNet's forward reaches (convolutions, norms,
+# attention). Measured on a 2-core CPU, float32, one forward timed against device_flops_per_second
+# in the same minute: 0.34 (tiny, 2 x 16 x 32 x 32), 0.51 (shipped SSR), 0.60 / 0.63 (shipped base at
+# 32 and 64 px); the estimate is good to about 2x (CUDA not measured).
+FORWARD_EFFICIENCY = 0.5
+
+
+def network_calls(
+    num_frames: int, steps: int, window: int | None, overlap: int | None, chunk_size: int
+) -> int:
+    """Network calls of a sampling run: ``steps`` x the calls per step (windows / ``chunk_size``)."""
+    from lumiere.pipelines.multidiffusion import temporal_windows
+
+    if window is None or window >= num_frames:
+        return steps
+    overlap = window // 2 if overlap is None else overlap
+    windows = len(temporal_windows(num_frames, window, overlap))
+    return steps * -(-windows // max(1, chunk_size))
+
+
+def forward_flops(
+    stunet: STUNet, batch: int, num_frames: int, height: int, width: int, text_tokens: int
+) -> int:
+    """FLOPs of one forward of ``stunet`` on ``[batch, c, num_frames, height, width]``, counted on a
+    copy on the meta device (no weight is read, nothing is allocated; well under a second)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lumiere.models.estimate import Workload, example_inputs
+
+    with torch.device("meta"):
+        meta = STUNet.from_config(stunet.config)
+    workload = Workload(
+        batch=batch, num_frames=num_frames, height=height, width=width, text_tokens=text_tokens
+    )
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        meta(**example_inputs(meta, workload, torch.float32))
+    return counter.get_total_flops()
+
+
+def device_flops_per_second(device: torch.device | str, seconds: float = 0.05) -> float:
+    """float32 matrix-multiply speed of ``device``, timed for about ``seconds``."""
+    device = torch.device(device)
+    size = 512
+    a = torch.randn(size, size, device=device)
+    count, start = 0, time.perf_counter()
+    while True:
+        a @ a
+        count += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return count * 2 * size**3 / elapsed
+
+
+def estimate_sampling_seconds(
+    stunet: STUNet,
+    batch: int,  # clips
+    num_frames: int,
+    height: int,
+    width: int,
+    guidance: bool,
+    steps: int,
+    device: torch.device | str,
+    window: int | None = None,
+    overlap: int | None = None,
+    chunk_size: int = 1,
+    text_tokens: int = 77,
+    flops_per_second: float | None = None,  # default: measured on ``device``
+) -> tuple[float, int]:
+    """(estimated seconds, network calls) of sampling ``batch`` clips with ``stunet``: the calls
+    (``network_calls``) times one call's FLOPs, over ``FORWARD_EFFICIENCY`` of the device's
+    measured matrix-multiply speed. A rough figure (within about 2x): for telling minutes from
+    hours before any work, not for benchmarks."""
+    windowed = window is not None and window < num_frames
+    call_frames = window if windowed else num_frames
+    call_batch = batch * (2 if guidance else 1) * (chunk_size if windowed else 1)
+    calls = network_calls(num_frames, steps, window, overlap, chunk_size)
+    flops = forward_flops(stunet, call_batch, call_frames, height, width, text_tokens) * calls
+    speed = flops_per_second if flops_per_second is not None else device_flops_per_second(device)
+    return flops / (speed * FORWARD_EFFICIENCY), calls
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``2.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -113,6 +113,10 @@ class ConditionalStage(VideoStage):
 
     name = "conditional"
     trains_conv_in = True
+    # Not yet: its masks and conditioning clip are drawn on the clean sample, which in latent space
+    # would be the latent grid (config check: a latent model.init_from is a ValueError).
+    trains_in_latent_space = False
+    supports_lora = False
 
     def adapt(self, model: STUNet) -> STUNet:
         # Widened for (C, M) with zero weights: starts as the base model (Sec. 4).

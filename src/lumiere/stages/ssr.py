@@ -66,11 +66,14 @@ class SSRStage(VideoStage):
     name = "ssr"
     component = "ssr"
     trains_conv_in = True
+    trains_in_latent_space = False  # an SSR on latents is not built yet (config check: ValueError)
+    supports_lora = False
 
     @classmethod
     def check_config(cls, config: TrainConfig) -> None:
         if not config.model.init_from:
             raise ValueError(f"config key model.init_from is required for stage {cls.name!r}")
+        cls.check_latent_and_lora(config)
         if config.data.resolution % config.model.ssr_scale:
             raise ValueError(
                 f"config key data.resolution ({config.data.resolution}) must be a multiple of model.ssr_scale "
@@ -118,7 +121,7 @@ class SSRStage(VideoStage):
         items = [dataset[len(dataset) - 1 - i] for i in range(count)]
         high = torch.stack([item["video"] for item in items])  # [n, 3, f, H, W] in [-1, 1]
         low = downsample_video(high, config.model.ssr_scale)
-        pipe = self._pipeline(model, text_encoder)
+        pipe = self.pipeline(model, text_encoder)
         pipe.set_progress_bar_config(disable=True)
         low_frames = ((low + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [n, f, h, w, 3]
         upsampled = pipe.upsample(
@@ -134,18 +137,15 @@ class SSRStage(VideoStage):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, make_grid(rows, nrow=3), fps=config.data.fps)
 
-    def _pipeline(self, model: STUNet, text_encoder: TextEncoder):
-        """An upsampling-only pipeline around the SSR model (no base model)."""
+    def pipeline(self, stunet: STUNet, text_encoder: TextEncoder):
+        """An upsampling-only pipeline around the SSR model (no base model); what is exported."""
         from lumiere.pipelines import LumierePipeline
 
         return LumierePipeline.from_stunet(
             None,
             text_encoder=text_encoder,
             scheduler=self.sampling_scheduler(),
-            ssr=model,
+            ssr=stunet,
             ssr_scale=self.config.model.ssr_scale,
             ssr_residual=self.config.model.ssr_residual,
         )
-
-    def save(self, model: STUNet, text_encoder: TextEncoder, directory: Path) -> None:
-        self._pipeline(model, text_encoder).save_pretrained(directory)

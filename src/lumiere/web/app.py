@@ -24,7 +24,9 @@ Axis legend: f frames, h height, w width; frames are numpy ``[f, h, w, 3]`` floa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import re
 import tempfile
@@ -42,6 +44,7 @@ import PIL.Image
 import torch
 
 from lumiere.data.video_io import write_video
+from lumiere.errors import InvalidArgument
 from lumiere.models.conditional import is_conditional_stunet
 from lumiere.pipelines import inputs
 from lumiere.pipelines.lumiere import sdedit_step_count
@@ -80,6 +83,20 @@ class GenerationTimeout(WebError, TimeoutError):
     """Generation ran past ``Caps.timeout_s``."""
 
 
+class QueueFull(WebError):
+    """Too many requests waiting: from everyone (``Caps.queue_size``) or from this client
+    (``Caps.max_queued_per_client``)."""
+
+
+# The pipeline's argument names as the page labels them: a refusal (lumiere.errors.InvalidArgument)
+# is shown in the page's words ("Frames: must be a positive multiple of 2 ...").
+PAGE_NAMES = {
+    "num_frames": "Frames", "num_inference_steps": "Steps", "guidance_scale": "Guidance", "height": "Height",
+    "width": "Width", "strength": "Strength", "image": "the image", "video": "the video", "mask": "the region",
+    "prompt": "the prompt", "negative_prompt": "the negative prompt",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Caps:
     """Limits that protect the server: every request is checked against them."""
@@ -94,11 +111,12 @@ class Caps:
     timeout_s: float = 600.0  # one request, from the start of denoising; checked at every base-model step
     gallery_size: int = 12  # recent results kept on disk and shown
     queue_size: int = 16  # requests waiting in line; more are turned away
+    max_queued_per_client: int = 2  # requests one client (address) may have waiting or running
     fps: float = 8.0  # frame rate of the written mp4
 
     def __post_init__(self) -> None:
         for name in ("max_frames", "max_steps", "max_size", "max_prompt_chars", "max_upload_bytes",
-                     "max_upload_pixels", "gallery_size", "queue_size"):  # fmt: skip
+                     "max_upload_pixels", "gallery_size", "queue_size", "max_queued_per_client"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Caps.{name}={value!r}: must be an integer >= 1")
@@ -246,9 +264,9 @@ def _page_errors(what: str, caps: Caps, unreadable: str) -> Iterator[None]:
     try:
         yield
     except inputs.OversizedInputError as err:
+        size = f"{err.width}×{err.height}" if err.width is not None else f"{err.pixels:,}"
         raise InputError(
-            f"The {what} is {err.width}×{err.height} pixels; this server takes images up to "
-            f"{caps.max_upload_pixels:,} pixels."
+            f"The {what} is {size} pixels; this server takes images up to {caps.max_upload_pixels:,} pixels."
         ) from None
     except inputs.UnreadableInputError as err:
         logger.info("unreadable upload: %s", err)
@@ -302,6 +320,8 @@ def load_mask(
     (alpha > 0), cropped and resized like the background. ``InputError`` when nothing is painted,
     or everything (the model then has nothing to keep).
     """
+    if editor is not None and not isinstance(editor, Mapping):
+        raise InputError(f"The painted image must come from the image editor; got {_kind(editor)}.")
     if not editor or editor.get("background") is None:
         raise InputError("Upload an image first, then paint the region on it.")
     background = _open_image(editor["background"], "image", caps)
@@ -335,6 +355,8 @@ def load_video(
     missing, too big, not a video, broken, too short, or of too many pixels per frame."""
     if path is None:
         raise InputError(f"Upload a {what} first.")
+    if not isinstance(path, (str, Path)):
+        raise InputError(f"The {what} must be an uploaded file; got {_kind(path)}.")
     path = _check_file(path, what, caps)
     with _page_errors(what, caps, "cannot be decoded; it is not a video this server can read"):
         frames = inputs.decode_video(path, what, max_frames=num_frames, max_pixels=caps.max_upload_pixels)
@@ -378,6 +400,8 @@ class Studio:
         self.gallery = Gallery(self.caps.gallery_size)
         self._lock = threading.Lock()  # the pipeline (its scheduler) runs one request at a time
         self._count = 0
+        self._admitted: dict[str, int] = {}  # client -> its requests waiting or running
+        self._admission = threading.Lock()
         stunet = pipe.stunet
         self.frame_step = stunet.temporal_factor if stunet is not None else 1
         self.size_step = stunet.spatial_factor if stunet is not None else 1
@@ -409,6 +433,33 @@ class Studio:
     def default_steps(self) -> int:
         return min(self.caps.max_steps, 25)
 
+    # ----- admission ----------------------------------------------------------------------------
+
+    @contextmanager
+    def admit(self, client: str | None) -> Iterator[None]:
+        """Hold a place in line for one request of ``client`` (an address; None: unknown) for the
+        duration of the block: ``QueueFull`` when the client already has
+        ``caps.max_queued_per_client`` requests waiting or running, or everyone ``caps.queue_size``.
+        Generation itself stays one at a time (``generate``)."""
+        key = client or "unknown"
+        with self._admission:
+            mine, everyone = self._admitted.get(key, 0), sum(self._admitted.values())
+            if mine >= self.caps.max_queued_per_client:
+                raise QueueFull(
+                    f"You already have {mine} request{'s' if mine > 1 else ''} in line; wait for "
+                    f"{'them' if mine > 1 else 'it'} to finish before asking for more."
+                )
+            if everyone >= self.caps.queue_size:
+                raise QueueFull(f"The server is busy ({everyone} requests in line); try again in a minute.")
+            self._admitted[key] = mine + 1
+        try:
+            yield
+        finally:
+            with self._admission:
+                self._admitted[key] -= 1
+                if not self._admitted[key]:
+                    del self._admitted[key]
+
     # ----- checks -------------------------------------------------------------------------------
 
     def settings(
@@ -431,10 +482,7 @@ class Studio:
         steps = _whole(num_inference_steps, "Steps")
         if not 1 <= steps <= caps.max_steps:
             raise InputError(f"Steps must be from 1 to {caps.max_steps}; got {steps}.")
-        try:
-            guidance = float(guidance_scale)
-        except (TypeError, ValueError):
-            raise InputError(f"Guidance must be a number; got {guidance_scale!r}.") from None
+        guidance = _number(guidance_scale, "Guidance")
         if not 0 <= guidance <= caps.max_guidance:
             raise InputError(f"Guidance must be from 0 to {caps.max_guidance:g}; got {guidance:g}.")
         seed_value = 0 if seed is None else _whole(seed, "Seed")
@@ -454,10 +502,14 @@ class Studio:
             sizes.append(size)
         return Settings(frames, steps, guidance, seed_value, *sizes)
 
-    def check_prompt(self, prompt: str | None) -> str:
-        if prompt is None or not str(prompt).strip():
+    def check_prompt(self, prompt: str | None, what: str = "prompt") -> str:
+        """The prompt, stripped; ``InputError`` for none, an empty one, one that is not text (a
+        number or a list sent through the API is refused, not turned into text) or a long one."""
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(f"The {what} must be text; got {_kind(prompt)}.")
+        if prompt is None or not prompt.strip():
             raise InputError("Write a prompt first: describe the video you want.")
-        prompt = str(prompt).strip()
+        prompt = prompt.strip()
         if len(prompt) > self.caps.max_prompt_chars:
             raise InputError(
                 f"The prompt has {len(prompt)} characters; the limit is {self.caps.max_prompt_chars}."
@@ -538,10 +590,7 @@ class Studio:
         progress: ProgressFn | None = None,
     ) -> Result:
         self.check_mode("video")
-        try:
-            strength = float(strength)
-        except (TypeError, ValueError):
-            raise InputError(f"Strength must be a number; got {strength!r}.") from None
+        strength = _number(strength, "Strength")
         if not 0 < strength <= 1:
             raise InputError(f"Strength must be in (0, 1]; got {strength:g}.")
         frames = load_video(video, settings.num_frames, settings.height, settings.width, self.caps)
@@ -568,6 +617,8 @@ class Studio:
         """
         self.check_mode(mode)
         prompt = self.check_prompt(prompt)
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise InputError(f"The negative prompt must be text; got {_kind(negative_prompt)}.")
         negative = negative_prompt.strip() if negative_prompt and negative_prompt.strip() else None
         strength = conditioning.get("strength")
         total = settings.num_inference_steps
@@ -597,12 +648,33 @@ class Studio:
                 frames = output.frames[0]  # [f, h, w, 3] in [0, 1]
             except WebError:
                 raise
+            except InvalidArgument as err:  # the pipeline names the argument: the page names its field
+                got = f" (got {err.value})" if err.has_value else ""
+                name = PAGE_NAMES.get(err.argument, err.argument)
+                raise InputError(
+                    f"{name[:1].upper() + name[1:]}: {err.requirement_for(PAGE_NAMES)}{got}."
+                ) from err
             except ValueError as err:  # the pipeline names what it cannot take
                 raise InputError(str(err)) from err
+            except MemoryError as err:  # InsufficientMemoryError: refused before any allocation
+                logger.warning("refused: %s", err)
+                raise WebError(
+                    "This server does not have the memory for this request; ask for fewer frames or a "
+                    "smaller size."
+                ) from err
             seconds = time.monotonic() - start
             self._count += 1
             path = self.output_dir / f"lumiere-{self._count:04d}-{mode}-{_slug(prompt)}.mp4"
-        write_video(path, frames, fps=self.caps.fps)
+        try:
+            write_video(path, frames, fps=self.caps.fps)  # atomic: no half-written clip is served
+        except OSError as err:
+            logger.error("cannot save a result: %s", err)
+            reason = (
+                "its disk is full" if err.errno == errno.ENOSPC else "its result folder cannot be written"
+            )
+            raise WebError(
+                f"The clip was made but the server could not save it: {reason}. Try again later."
+            ) from err
         result = Result(path, mode, prompt, settings, tuple(frames.shape[:3]), seconds, strength)
         self.gallery.add(result)
         logger.info("wrote %s (%.1f s)", path, seconds)
@@ -619,15 +691,56 @@ def _cause(reason: str) -> str:
     return re.sub(r"""[:\s]*['"]?/[^'"]*['"]?""", "", reason).strip() or "unknown reason"
 
 
+def _kind(value: Any) -> str:
+    """What a value is, for the page: "a number", "a list", "text"."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float, np.number)):
+        return "a number"
+    return {str: "text", list: "a list", tuple: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _number(value: Any, name: str) -> float:
+    """A number from a widget's value; text, booleans and other types are refused, not converted
+    (an API client sending "5" gets told, not silently served)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise InputError(f"{name} must be a number; got {_kind(value)} {value!r}.")
+    return float(value)
+
+
 def _whole(value: Any, name: str) -> int:
     """A whole number from a widget's value (ints arrive as floats), else ``InputError``."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a whole number; got {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise InputError(f"{name} must be a whole number; got {_kind(value)} {value!r}.")
+    number = float(value)
     if not np.isfinite(number) or number != int(number):
         raise InputError(f"{name} must be a whole number; got {value!r}.")
     return int(number)
+
+
+def remove_uploads(values: Any, root: str | Path) -> int:
+    """Delete the uploaded files among ``values`` (paths, and paths inside lists and the image
+    editor's mappings) that lie under ``root`` (the web framework's upload folder: nothing
+    else is touched); returns how many. Called when a request ends, so uploads do not outlive it."""
+    root = Path(root).resolve()
+    removed = 0
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, (str, Path)) and str(value):
+            path = Path(value).resolve()
+            if path.is_file() and path.is_relative_to(root):
+                path.unlink(missing_ok=True)
+                removed += 1
+                with contextlib.suppress(OSError):  # the per-upload folder, once empty
+                    path.parent.rmdir()
+    return removed
 
 
 def _slug(text: str, limit: int = 40) -> str:

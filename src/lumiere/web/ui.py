@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
 
-from lumiere.web.app import MODES, Caps, Result, Studio, WebError, first_frame  # noqa: E402
+from lumiere.web.app import MODES, Caps, Result, Studio, WebError, first_frame, remove_uploads  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,19 @@ def _errors_on_page() -> Iterator[None]:
         raise gr.Error(str(err), title="Cannot generate", print_exception=False) from None
     except gr.Error:
         raise
-    except Exception as err:  # a bug or a resource error: log it whole, tell the page briefly
+    except Exception:  # a bug: logged whole for the operator; the page gets the project's words
         logger.exception("request failed")
-        raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", title="Error") from None
+        raise gr.Error(
+            "Generation failed because of an error in the server; it is logged there. Other requests "
+            "still work.",
+            title="Error",
+        ) from None
+
+
+def upload_folder() -> Path:
+    """Where Gradio keeps uploads (``GRADIO_TEMP_DIR``, else ``<tmp>/gradio``): the only folder
+    whose files a request may delete."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 
 
 def _reporter(progress: gr.Progress):
@@ -91,36 +102,42 @@ def _handlers(studio: Studio) -> dict[str, Any]:
     by position) and hands them to ``run``, which checks the settings and calls the Studio.
     """
 
-    def run(handler, prompt, negative, numbers, uploads, progress) -> tuple[str, str, list[tuple[str, str]]]:
-        with _errors_on_page():
-            settings = studio.settings(*numbers)  # frames, steps, guidance, seed, height, width
-            result = handler(prompt, negative, *uploads, settings, _reporter(progress))
+    def run(
+        handler, prompt, negative, numbers, uploads, progress, request
+    ) -> tuple[str, str, list[tuple[str, str]]]:
+        client = request.client.host if request is not None and request.client is not None else None
+        try:
+            with _errors_on_page(), studio.admit(client):
+                settings = studio.settings(*numbers)  # frames, steps, guidance, seed, height, width
+                result = handler(prompt, negative, *uploads, settings, _reporter(progress))
+        finally:  # the request is over: its uploads go now, not hours later with the cache
+            remove_uploads(uploads, upload_folder())
         return _outputs(result, studio)
 
-    def text(prompt, negative, frames, steps, guidance, seed, height, width,
+    def text(prompt, negative, frames, steps, guidance, seed, height, width, request: gr.Request | None = None,
              progress=gr.Progress()):  # noqa: B008  # fmt: skip
         numbers = (frames, steps, guidance, seed, height, width)
-        return run(studio.text_to_video, prompt, negative, numbers, (), progress)
+        return run(studio.text_to_video, prompt, negative, numbers, (), progress, request)
 
-    def image(prompt, negative, frames, steps, guidance, seed, height, width, picture,
+    def image(prompt, negative, frames, steps, guidance, seed, height, width, picture, request: gr.Request | None = None,
               progress=gr.Progress()):  # noqa: B008  # fmt: skip
         numbers = (frames, steps, guidance, seed, height, width)
-        return run(studio.image_to_video, prompt, negative, numbers, (picture,), progress)
+        return run(studio.image_to_video, prompt, negative, numbers, (picture,), progress, request)
 
-    def cinemagraph(prompt, negative, frames, steps, guidance, seed, height, width, editor,
+    def cinemagraph(prompt, negative, frames, steps, guidance, seed, height, width, editor, request: gr.Request | None = None,
                     progress=gr.Progress()):  # noqa: B008  # fmt: skip
         numbers = (frames, steps, guidance, seed, height, width)
-        return run(studio.cinemagraph, prompt, negative, numbers, (editor,), progress)
+        return run(studio.cinemagraph, prompt, negative, numbers, (editor,), progress, request)
 
     def inpaint(prompt, negative, frames, steps, guidance, seed, height, width, video, editor,
-                progress=gr.Progress()):  # noqa: B008  # fmt: skip
+                request: gr.Request | None = None, progress=gr.Progress()):  # noqa: B008  # fmt: skip
         numbers = (frames, steps, guidance, seed, height, width)
-        return run(studio.inpaint, prompt, negative, numbers, (video, editor), progress)
+        return run(studio.inpaint, prompt, negative, numbers, (video, editor), progress, request)
 
     def video(prompt, negative, frames, steps, guidance, seed, height, width, clip, strength,
-              progress=gr.Progress()):  # noqa: B008  # fmt: skip
+              request: gr.Request | None = None, progress=gr.Progress()):  # noqa: B008  # fmt: skip
         numbers = (frames, steps, guidance, seed, height, width)
-        return run(studio.video_to_video, prompt, negative, numbers, (clip, strength), progress)
+        return run(studio.video_to_video, prompt, negative, numbers, (clip, strength), progress, request)
 
     return {"text": text, "image": image, "cinemagraph": cinemagraph, "inpaint": inpaint, "video": video}
 
@@ -196,7 +213,9 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
     handlers = _handlers(studio)
     support = studio.support
 
-    with gr.Blocks(title="Lumiere", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
+    # Uploads of finished requests are removed at once (_handlers); the cache sweep every 5 min
+    # removes what no request used (an image uploaded, then the tab closed) after 15 min.
+    with gr.Blocks(title="Lumiere", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown(
             "# Lumiere\nSpace-time diffusion for video generation (Bar-Tal et al. 2024). "
             + _describe(studio),
@@ -332,7 +351,9 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
                 inputs=settings + inputs[mode],
                 outputs=[result, summary, gallery],
                 show_progress_on=result,
-                concurrency_limit=1,
+                # Requests enter Studio.admit together (its per-client and total limits), then
+                # generate one at a time behind Studio's lock.
+                concurrency_limit=caps.queue_size,
                 concurrency_id=GENERATE_QUEUE,
                 api_name=f"generate_{mode}",
             )
@@ -349,7 +370,8 @@ def build_app(pipe: Any, caps: Caps | None = None, output_dir: str | Path | None
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
     """Serve a page from ``build_app`` on ``host:port``; returns its local URL.
 
-    One generation at a time (a queue of ``caps.queue_size``, concurrency 1 shared by every tab),
+    One generation at a time (Studio's lock; at most ``caps.queue_size`` requests in line, and
+    ``caps.max_queued_per_client`` of one address),
     uploads capped at ``caps.max_upload_bytes``, never shared through a public link.
     ``block=False`` returns at once with the server running in a thread (``demo.close()`` stops it).
     """
@@ -357,7 +379,7 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bo
     caps = studio.caps
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: anyone who can reach this address can use the page", host)
-    demo.queue(default_concurrency_limit=1, max_size=caps.queue_size)
+    demo.queue(default_concurrency_limit=caps.queue_size, max_size=caps.queue_size)
     _, local_url, _ = demo.launch(
         server_name=host,
         server_port=port,
