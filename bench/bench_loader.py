@@ -15,7 +15,7 @@
 
 Each measurement runs alone (the loader and the model share these cores otherwise).
 
-    python bench/bench_loader.py                       # all of it, ~3 min on 2 idle cores
+    python bench/bench_loader.py                       # all of it, ~40 s on 2 idle cores
     python bench/bench_loader.py --json docs/bench_loader.json
 """
 

@@ -139,7 +139,9 @@ def test_manifest_counts_and_reasons(odd, tmp_path):
                 if member.name.endswith(".json"):
                     meta = json.loads(tar.extractfile(member).read())
                     key = member.name[: -len(".json")]
-                    assert tar.extractfile(f"{key}.{meta['ext']}").read() == (root / meta["source"]).read_bytes()
+                    assert (
+                        tar.extractfile(f"{key}.{meta['ext']}").read() == (root / meta["source"]).read_bytes()
+                    )
                     assert (
                         tar.extractfile(f"{key}.txt").read().decode()
                         == (root / meta["source"]).with_suffix(".txt").read_text().strip()
