@@ -78,9 +78,9 @@ def test_generate_bad_output_and_prompt_exit_2(tmp_path):
     assert exit_code(["generate", "  ", "-o", str(tmp_path / "a.mp4")]) == 2
 
 
-def test_generate_missing_model_exits_1(tmp_path, capsys):
+def test_generate_missing_model_exits_2(tmp_path, capsys):
     out = tmp_path / "a.mp4"
-    assert main(["generate", "a red circle", "--model", str(tmp_path / "none"), "-o", str(out)]) == 1
+    assert main(["generate", "a red circle", "--model", str(tmp_path / "none"), "-o", str(out)]) == 2
     assert "model_index.json" in capsys.readouterr().err
     assert not out.exists()
 

@@ -498,7 +498,7 @@ def test_cli_upsample_bad_options_exit_2_naming_the_option(saved_pipe, tmp_path,
     assert not out.exists()
 
 
-def test_cli_upsample_of_a_damaged_video_exits_1_naming_it(saved_pipe, tmp_path, capsys):
+def test_cli_upsample_of_a_damaged_video_exits_2_naming_it(saved_pipe, tmp_path, capsys):
     source = tmp_path / "broken.mp4"
     source.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
     argv = [
@@ -511,7 +511,7 @@ def test_cli_upsample_of_a_damaged_video_exits_1_naming_it(saved_pipe, tmp_path,
         "--model",
         str(saved_pipe),
     ]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert str(source) in capsys.readouterr().err
 
 

@@ -566,7 +566,7 @@ def test_cli_serve_options(tmp_path):
         main(["serve", "--help"])
     assert info.value.code == 0
     pytest.importorskip("gradio", reason="the web extra is not installed: pip install -e '.[web]'")
-    assert main(["serve", "--model", str(tmp_path / "nowhere")]) == 1  # a message, not a traceback
+    assert main(["serve", "--model", str(tmp_path / "nowhere")]) == 2  # a message, not a traceback
 
 
 # ----- end to end in headless Chromium --------------------------------------------------------

@@ -608,8 +608,8 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     # The decoded clip must fit before it is decoded: its size is in the file's header.
     try:
         num_frames, height, width = probe_video(args.input)
-    except ValueError as err:  # not a video, or a damaged one (names the file), as read_video below
-        return _fail(parser, str(err))
+    except ValueError as err:  # not a video, or a damaged one (names the file): bad input, exit 2
+        return _fail(parser, str(err), 2)
     check_memory(num_frames * height * width * 3 * DECODED_BYTES, available_bytes("cpu"),
                  f"decoding the {num_frames} frames of {width}x{height} of {args.input}")  # fmt: skip
     _check_time(parser, args, pipe, [dict(
@@ -619,8 +619,8 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     )])  # fmt: skip
     try:
         frames, fps = read_video(args.input)  # uint8 [f, h, w, 3]
-    except ValueError as err:  # not a video, or a damaged one (names the file)
-        return _fail(parser, str(err))
+    except ValueError as err:  # not a video, or a damaged one (names the file): bad input, exit 2
+        return _fail(parser, str(err), 2)
     # The pipeline checks windows, frame size, noise level and memory before any work.
     video = pipe.upsample(
         frames[None],
@@ -1088,8 +1088,8 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             device=args.device,
             output_dir=args.output_dir,
         )
-    except FileNotFoundError as err:
-        return _fail(parser, str(err))
+    except FileNotFoundError as err:  # a --model folder that is not there: bad input, as for generate
+        return _fail(parser, str(err), 2)
     return 0
 
 
@@ -1099,8 +1099,9 @@ def _run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _load_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
-    """``LumierePipeline.from_pretrained(args.model)``, or the exit code 1 of a model that does not
-    load (missing, corrupted, or a config that does not fit the weights), reported."""
+    """``LumierePipeline.from_pretrained(args.model)``, or the exit code of a model that does not
+    load, reported: 2 for a ``--model`` folder that is not there (bad input), 1 for a damaged one
+    (corrupted, or a config that does not fit the weights: a fault of the files) or the shipped one."""
     from lumiere.checkpoint import check_model_folder
     from lumiere.pipelines import LumierePipeline
 
@@ -1109,7 +1110,8 @@ def _load_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             check_model_folder(args.model)  # malformed JSON named by file and key, not a TypeError
         return LumierePipeline.from_pretrained(args.model)
     except _MODEL_LOAD_ERRORS as err:
-        return _fail(parser, str(err))
+        missing = isinstance(err, FileNotFoundError) and args.model is not None
+        return _fail(parser, str(err), 2 if missing else 1)
     except (TypeError, AttributeError, KeyError) as err:  # a file the checks above let through
         logger.debug("loading %s failed", args.model, exc_info=True)
         return _fail(parser, f"the model folder {args.model} holds a malformed file ({type(err).__name__}: {err})")

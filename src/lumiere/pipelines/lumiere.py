@@ -218,6 +218,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             raise ValueError("upsampler has no SSR model (ssr is None); pass a pipeline with an ssr/ folder")
         if self.stunet is None:
             raise ValueError("this pipeline has no base stunet to join the SSR model to")
+        # One keyword per component (shares only its shape with the CLI's keyword calls).
         return type(self)(
             self.stunet,
             self.text_encoder,

@@ -135,6 +135,7 @@ class Stage:
             if data.style is not None:
                 raise ValueError("config key data.style applies to data.kind 'shapes' or 'folder', not 'shards'")
 
+            # One keyword per data key (shares only its shape with the CLI's keyword calls).
             dataset = StreamingClips(
                 data.path,
                 batch_size=self.config.optim.batch_size,
