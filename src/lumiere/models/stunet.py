@@ -949,7 +949,11 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
 
         # 6. Up: each layer takes the skip at its own space-time resolution.
         for block in self.up_blocks:
-            hidden_states, num_frames = block(hidden_states, skips, conditioning, num_frames)
+            # The block gets its own skips (the last ones) as a list of their own: a wrapper that
+            # copies a module's arguments (FSDP's fully_shard) would hide its pops from ``skips``.
+            count = len(block.spatial.resnets)
+            block_skips, skips = skips[-count:], skips[:-count]
+            hidden_states, num_frames = block(hidden_states, block_skips, conditioning, num_frames)
 
         # 7. Output head, back to [b, c_out, f, h, w].
         hidden_states = _run_step(self, self._output_head, hidden_states)
