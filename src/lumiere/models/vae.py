@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
+from lumiere.errors import InvalidArgument
 from lumiere.models.placement import execution_device
 
 DEFAULT_VAE_BATCH_SIZE = 8  # frames per autoencoder call
@@ -33,13 +34,14 @@ def latent_channels(vae: Any) -> int:
     return int(vae.config.latent_channels)
 
 
-def _check_batch_size(vae_batch_size: int) -> None:
+def check_vae_batch_size(vae_batch_size: int) -> None:
+    """``InvalidArgument`` (a ``ValueError``) naming ``vae_batch_size`` unless it is an integer >= 1."""
     if isinstance(vae_batch_size, bool) or not isinstance(vae_batch_size, int) or vae_batch_size < 1:
-        raise ValueError(f"vae_batch_size must be an integer >= 1 (frames per VAE call), got {vae_batch_size!r}")
+        raise InvalidArgument("vae_batch_size", "must be an integer >= 1 (frames per VAE call)", vae_batch_size)
 
 
 def _frame_chunks(frames: torch.Tensor, vae_batch_size: int) -> list[torch.Tensor]:
-    _check_batch_size(vae_batch_size)
+    check_vae_batch_size(vae_batch_size)
     return list(frames.split(vae_batch_size))
 
 

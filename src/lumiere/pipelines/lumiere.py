@@ -66,6 +66,7 @@ from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
 from lumiere.models.vae import (
     DEFAULT_VAE_BATCH_SIZE,
+    check_vae_batch_size,
     decode_latents,
     encode_video,
     latent_channels,
@@ -879,7 +880,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
                               self._execution_device, window=window, chunk_size=chunk_size,
                               text_tokens=self.text_encoder.max_length)  # fmt: skip
         device = self._execution_device
-        _check_vae_batch_size(vae_batch_size)
+        check_vae_batch_size(vae_batch_size)
 
         # 2. Encode the text: conditional and (with guidance) unconditional states per clip.
         cond, uncond = self.encode_prompt(
@@ -1266,11 +1267,6 @@ def _time_id_count(unet_config: Mapping[str, Any], pooled_width: int) -> int:
     text width, per time id (SDXL base: (2816 - 1280) / 256 = 6; refiner: (2560 - 1280) / 256 = 5)."""
     total = unet_config["projection_class_embeddings_input_dim"]
     return (total - pooled_width) // unet_config["addition_time_embed_dim"]
-
-
-def _check_vae_batch_size(vae_batch_size: int) -> None:
-    if isinstance(vae_batch_size, bool) or not isinstance(vae_batch_size, int) or vae_batch_size < 1:
-        raise InvalidArgument("vae_batch_size", "must be an integer >= 1 (frames per VAE call)", vae_batch_size)
 
 
 def check_latent_space(
