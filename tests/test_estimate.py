@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lumiere.cli import main
 from lumiere.models.estimate import (
     Workload,
+    _LiveBytes,
     _measure,
     estimate,
     example_inputs,
@@ -114,6 +115,18 @@ def test_kept_activations_equal_a_real_forwards_saved_tensors(tiny_stunet):
     meta_model.freeze_spatial()
     kept = _measure(meta_model, SMALL, torch.float32, train=True, checkpointing=False).kept
     assert kept == pytest.approx(real, rel=0.05)
+
+
+def test_views_of_weights_and_inputs_are_not_activations():
+    """``F.linear`` runs on ``weight.t()`` and the model reshapes its inputs: views of storage made
+    before the pass, which a real forward's saved tensors do not add to. Only the output counts."""
+    with torch.device("meta"):
+        layer = torch.nn.Linear(64, 32, bias=False)
+        clip = torch.empty(8, 64)
+    tracker = _LiveBytes()
+    with tracker:
+        output = layer(clip.unsqueeze(0))
+    assert tracker.current == output.untyped_storage().nbytes() == 8 * 32 * 4
 
 
 def test_paper_setting_has_the_published_image_model_sizes():

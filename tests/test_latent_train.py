@@ -202,6 +202,28 @@ def test_cache_building_resumes_after_a_kill_and_writes_no_shard_twice(tmp_path,
     assert build_caches(config, progress=False)["encoded"] == 0  # complete: nothing to do
 
 
+def test_shards_cache_their_captions_only_and_train_without_the_text_encoder(tmp_path, folders, monkeypatch):
+    from lumiere.data.shards import write_shards
+    from lumiere.models import text
+
+    write_shards(folders["videos"], tmp_path / "shards", progress=False)
+    config = latent_config(tmp_path, folders["sd1"], folders["videos"], cache=True, optim__max_steps=2)
+    config.data.kind, config.data.path, config.data.shuffle_buffer = "shards", str(tmp_path / "shards"), 2
+    counts = build_caches(config, progress=False)
+    assert counts["clips"] == CLIPS and counts["encoded"] == 0  # no latents: each epoch draws new windows
+    # + "": the sample prompt is also clip 0's caption, cached once
+    assert counts["captions"] == CLIPS + 1 and counts["captions_encoded"] == CLIPS + 1
+    assert build_caches(config, progress=False)["captions_encoded"] == 0  # complete: nothing to do
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training from the text cache loaded the text encoder")
+
+    monkeypatch.setattr(text.TextEncoder, "from_pretrained", refuse)
+    monkeypatch.setattr(text, "load_text_encoder", refuse)
+    result = train(config, stop_after_steps=2)
+    assert result.step == 2 and np.isfinite(result.final_loss)
+
+
 def test_caches_of_unbounded_shapes_data_are_a_value_error(tmp_path, folders):
     config = config_from_dict(
         {

@@ -20,7 +20,7 @@ from lumiere.models.ssr import (
     check_ssr_stunet,
     downsample_video,
     make_condition,
-    residual_over_bilinear,
+    residual_over_upsample,
     ssr_model_input,
     upsample_video,
 )
@@ -197,15 +197,46 @@ def test_ssr_stage_continues_from_an_ssr_and_refuses_a_base(trained, tmp_path):
 
 def test_residual_over_bilinear_is_the_detail_bilinear_misses():
     flat = torch.full((1, 3, 2, 8, 8), 0.3)
-    assert torch.equal(residual_over_bilinear(flat, 2), torch.zeros_like(flat))  # bilinear keeps a flat clip
+    assert torch.equal(residual_over_upsample(flat, 2), torch.zeros_like(flat))  # bilinear keeps a flat clip
 
     edge = torch.full((1, 3, 2, 8, 8), -1.0)
     edge[..., 3:] = 1.0  # a vertical edge inside a 2x2 block: bilinear blurs it, the residual restores it
-    residual = residual_over_bilinear(edge, 2)
+    residual = residual_over_upsample(edge, 2)
     assert residual.shape == edge.shape
     assert residual[..., [0, 5, 6, 7]].abs().max() < 1e-6  # bilinear is exact away from the edge
     assert residual[..., 1:5].abs().min() > 0.2  # and off by a quarter or more next to it
     torch.testing.assert_close(residual + upsample_video(downsample_video(edge, 2), (8, 8)), edge)
+
+
+def test_residual_over_bicubic_is_the_detail_bicubic_misses():
+    flat = torch.full((1, 3, 2, 8, 8), 0.3)
+    torch.testing.assert_close(residual_over_upsample(flat, 2, "bicubic"), torch.zeros_like(flat))
+    ramp = torch.linspace(-1, 1, 16).expand(1, 3, 2, 16, 16).contiguous()  # smooth: both are near exact
+    edge = torch.where(ramp > 0.1, 1.0, -1.0)
+    bicubic, bilinear = residual_over_upsample(edge, 2, "bicubic"), residual_over_upsample(edge, 2)
+    assert not torch.allclose(bicubic, bilinear)
+    torch.testing.assert_close(bicubic + upsample_video(downsample_video(edge, 2), (16, 16), "bicubic"), edge)
+    with pytest.raises(ValueError, match="mode='nearest'"):
+        upsample_video(edge, (32, 32), "nearest")
+
+
+def test_ssr_upsample_mode_is_saved_and_used(pipe, tmp_path):
+    bicubic = LumierePipeline(
+        pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_residual=True, ssr_upsample="bicubic"
+    )
+    bicubic.save_pretrained(tmp_path / "bicubic")
+    assert json.loads((tmp_path / "bicubic" / "model_index.json").read_text())["ssr_upsample"] == "bicubic"
+    loaded = LumierePipeline.from_pretrained(tmp_path / "bicubic")
+    assert loaded.ssr_upsample == "bicubic" and loaded.with_ssr(loaded).ssr_upsample == "bicubic"
+    bilinear = LumierePipeline(pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_residual=True)
+    assert bilinear.ssr_upsample == "bilinear"
+    low = torch.from_numpy(low_res_clip(num_frames=4)).permute(0, 4, 1, 2, 3) * 2 - 1  # [b, 3, f, h, w]
+    cond, _ = pipe.encode_prompt([PROMPT], None, 1, False, pipe.device)
+    call = dict(options=SSROptions(guidance_scale=1.0, steps=2, noise_level=0), windows=None)
+    outputs = [p.super_resolve(low, cond, None, generator=seeded(3), **call) for p in (loaded, bilinear)]
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-3  # both the input and the added base differ
+    with pytest.raises(ValueError, match="ssr_upsample='area'"):
+        LumierePipeline(pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_upsample="area")
 
 
 def test_residual_ssr_stage_exports_a_residual_pipeline(image_model_dir, tmp_path):
@@ -532,3 +563,58 @@ def test_cli_request_too_large_for_memory_exits_1(saved_pipe, tmp_path, capsys, 
                 "--steps", "1", "--window", "3", "--overlap", "1"]  # fmt: skip
     assert main(argv) == 1
     assert "needs about" in capsys.readouterr().err
+
+
+def test_ssr_strength_runs_the_tail_of_the_schedule_from_the_noised_interpolation(pipe):
+    residual = LumierePipeline(pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_residual=True)
+    residual.set_progress_bar_config(disable=True)
+    calls = []
+    hook = residual.ssr.register_forward_hook(lambda *_: calls.append(1))
+    low = low_res_clip(num_frames=4)
+    full = residual.upsample(low, PROMPT, num_inference_steps=4, generator=seeded(0)).frames
+    default_calls, calls[:] = len(calls), []
+    same = residual.upsample(low, PROMPT, num_inference_steps=4, strength=1.0, generator=seeded(0)).frames
+    np.testing.assert_array_equal(full, same)
+    calls.clear()
+    tail = residual.upsample(low, PROMPT, num_inference_steps=4, strength=0.5, generator=seeded(0)).frames
+    hook.remove()
+    assert default_calls == 4 and len(calls) == 2  # the last half of the steps only
+    assert tail.shape == full.shape and np.abs(tail - full).max() > 1e-3
+    # Starting near the end, the detail added is small: the output stays near the interpolation.
+    tiny = residual.upsample(low, PROMPT, num_inference_steps=50, strength=0.02, generator=seeded(0)).frames
+    bilinear = upsample_video(torch.from_numpy(low).permute(0, 4, 1, 2, 3), (32, 32)).permute(0, 2, 3, 4, 1)
+    assert np.abs(tiny - bilinear.clamp(0, 1).numpy()).mean() < np.abs(full - bilinear.clamp(0, 1).numpy()).mean()
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ssr_strength"):
+            residual(PROMPT, num_frames=4, num_inference_steps=2, ssr_strength=bad)
+        with pytest.raises(ValueError, match="strength"):
+            residual.upsample(low, PROMPT, strength=bad)
+
+
+def test_a_pipeline_keeps_its_ssr_sampling_defaults(pipe, tmp_path):
+    tuned = LumierePipeline.from_stunet(pipe.stunet, text_encoder=pipe.text_encoder, ssr=pipe.ssr,
+                                        ssr_residual=True, ssr_steps=3, ssr_strength=0.5)  # fmt: skip
+    tuned.save_pretrained(tmp_path / "tuned")
+    loaded = LumierePipeline.from_pretrained(tmp_path / "tuned")
+    loaded.set_progress_bar_config(disable=True)
+    assert (loaded.ssr_steps, loaded.ssr_strength) == (3, 0.5)
+    assert loaded.ssr_settings() == tuned.ssr_settings()
+    assert LumierePipeline.from_stunet(pipe.stunet).with_ssr(loaded).ssr_settings() == loaded.ssr_settings()
+    calls = []
+    hook = loaded.ssr.register_forward_hook(lambda *_: calls.append(1))
+    low = low_res_clip(num_frames=4)
+    default = loaded.upsample(low, PROMPT, generator=seeded(0)).frames
+    assert len(calls) == 2  # round(3 x 0.5) of the 3 steps
+    explicit = loaded.upsample(low, PROMPT, num_inference_steps=3, strength=0.5, generator=seeded(0)).frames
+    np.testing.assert_array_equal(default, explicit)
+    calls.clear()
+    loaded(PROMPT, num_frames=4, num_inference_steps=2, generator=seeded(0))
+    assert len(calls) == 2  # the SSR's own defaults, not the base model's 2 steps
+    calls.clear()
+    loaded(PROMPT, num_frames=4, num_inference_steps=2, ssr_steps=4, ssr_strength=1.0, generator=seeded(0))
+    hook.remove()
+    assert len(calls) == 4
+    with pytest.raises(TypeError, match="unexpected SSR setting 'ssr_speed'"):
+        LumierePipeline.from_stunet(pipe.stunet, ssr=pipe.ssr, ssr_speed=2)
+    with pytest.raises(ValueError, match="ssr_strength=0"):
+        LumierePipeline.from_stunet(pipe.stunet, ssr=pipe.ssr, ssr_strength=0)

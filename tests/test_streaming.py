@@ -177,3 +177,8 @@ def test_training_on_shards_of_real_clips_resumes_exactly(real_shards, tmp_path)
     assert video.step == 4 and np.isfinite(video.final_loss)
     saved = load_file(next((tmp_path / "video" / "model").rglob("*.safetensors")))
     assert all(torch.isfinite(v).all() for v in saved.values())
+    # The SSR stage on the same shards, with its validation samples (a streamed first batch).
+    ssr = train(config("ssr", stage="ssr", model={"init_from": str(whole.model_dir), "freeze_spatial": False},
+                       num_workers=0, resolution=32))  # fmt: skip
+    assert ssr.step == 4 and np.isfinite(ssr.final_loss)
+    assert (tmp_path / "ssr" / "samples" / "final.mp4").is_file()

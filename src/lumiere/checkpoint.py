@@ -3,11 +3,17 @@
 A checkpoint is a directory ``step_XXXXXXXX/`` holding
 
     model.safetensors       the trained network's weights
-    ema.safetensors         the EMA shadow weights, same keys
+    ema.safetensors         the EMA of the trained weights, same keys
     optimizer.pt            optimizer and learning-rate schedule (tensors and numbers only)
     state.json              step, counters, EMA settings and the run's config
     rng.safetensors         the global torch RNG state
     manifest.json           sha256 of every file above, written last
+
+A sharded checkpoint (FSDP, ``save_sharded_checkpoint``) holds, in place of the first three files,
+one file per process of its own shards (the weights, EMA and AdamW moments of the parameters it
+holds, safetensors: nothing unpickled), written by that process; ``state.json`` says how many:
+
+    shard_00000.safetensors ... shard_{N-1}.safetensors
 
 A kill at any moment leaves either the previous checkpoints or the new one complete: the
 directory only gets its final name once every file (the manifest last) is on disk, and a
@@ -50,6 +56,7 @@ _PREFIX = "step_"
 _TMP_SUFFIX = ".tmp"  # a checkpoint being written
 _DELETING_SUFFIX = ".deleting"  # a checkpoint being deleted
 _REPLACED_SUFFIX = ".replaced"  # the previous copy of a step being written again
+_SHARD = re.compile(r"shard_\d{5}\.safetensors")  # a process's file in a sharded checkpoint
 _NAME = re.compile(rf"{_PREFIX}(\d+)({re.escape(_REPLACED_SUFFIX)})?")
 
 
@@ -102,19 +109,19 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def load_latest_checkpoint(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
+def load_latest_checkpoint(root: str | Path, rank: int | None = None) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint under ``root`` that verifies, and its contents (``load_checkpoint``).
 
     A damaged newer checkpoint (a disk fault: kills cannot leave one) is skipped with a warning
     for the one before it. None when ``root`` holds no checkpoint; ``CheckpointError`` when every
-    one is damaged.
+    one is damaged. ``rank``: the process reading a sharded checkpoint (``load_checkpoint``).
     """
     checkpoints = list_checkpoints(root)
     if not checkpoints:
         return None
     for path in reversed(checkpoints):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, rank)
         except CheckpointError as error:
             logger.warning("skipping a damaged checkpoint: %s", error)
     raise CheckpointError(
@@ -190,20 +197,39 @@ def _write_checkpoint(
     state: dict[str, Any],
     keep: int,
 ) -> Path:
+    _start_checkpoint(root, tmp)
+    manifest = _write_files(
+        tmp,
+        {
+            "model.safetensors": lambda p: save_file(_contiguous(model_state), p),
+            "ema.safetensors": lambda p: save_file(_contiguous(ema_state), p),
+            "optimizer.pt": lambda p: torch.save(optimizer_state, p),
+            **_run_files(state),
+        },
+    )
+    return _publish(root, step, tmp, manifest, keep)
+
+
+def _start_checkpoint(root: Path, tmp: Path) -> None:
+    """The checkpoint folder's staging directory, after clearing what kills left behind."""
     root.mkdir(parents=True, exist_ok=True)
     _remove_interrupted(root)
-    final = checkpoint_dir(root, step)
     tmp.mkdir()
-    files = {
-        "model.safetensors": lambda p: save_file(_contiguous(model_state), p),
-        "ema.safetensors": lambda p: save_file(_contiguous(ema_state), p),
-        "optimizer.pt": lambda p: torch.save(optimizer_state, p),
+
+
+def _run_files(state: dict[str, Any]) -> dict[str, Callable[[str], None]]:
+    """The writers of what every checkpoint holds beside the weights: the RNG and ``state.json``."""
+    return {
         "rng.safetensors": lambda p: save_file({"torch": torch.get_rng_state()}, p),
         "state.json": lambda p: Path(p).write_text(json.dumps(state, indent=2)),
     }
-    manifest = {}
+
+
+def _write_files(directory: Path, files: dict[str, Callable[[str], None]]) -> dict[str, str]:
+    """Write each file by its writer, fsync it; their sha256 by name."""
+    sums = {}
     for name, write in files.items():
-        path = tmp / name
+        path = directory / name
         try:
             write(str(path))
         except (RuntimeError, SafetensorError) as error:  # torch.save and safetensors wrap the OS error
@@ -212,7 +238,14 @@ def _write_checkpoint(
                 raise
             raise cause from error
         _fsync(path)
-        manifest[name] = _sha256(path)
+        sums[name] = _sha256(path)
+    return sums
+
+
+def _publish(root: Path, step: int, tmp: Path, manifest: dict[str, str], keep: int) -> Path:
+    """Write the manifest (last), give the staged checkpoint its final name (atomic), delete all
+    but the newest ``keep``."""
+    final = checkpoint_dir(root, step)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _fsync(tmp / MANIFEST)
     _fsync(tmp)
@@ -228,6 +261,68 @@ def _write_checkpoint(
         _delete(old)
     logger.info("checkpoint written: %s", final)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded checkpoints (FSDP): one file of its own shards per process, written by all processes.
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_file(rank: int) -> str:
+    """The name of process ``rank``'s file in a sharded checkpoint."""
+    return f"shard_{rank:05d}.safetensors"
+
+
+def save_sharded_checkpoint(
+    root: str | Path,
+    step: int,
+    shard: dict[str, torch.Tensor],  # this process's pieces (model.*, ema.*, optimizer.*)
+    state: dict[str, Any],  # the main process's is written; it should say the number of processes
+    keep: int,
+    rank: int,
+    exchange: Callable[[Any], list[Any]],  # every process's value by rank, on every process
+) -> Path:
+    """Every process calls this at the same step. Its shards go to ``shard_RANK.safetensors`` in
+    the staging folder; the main process adds ``rng.safetensors`` and ``state.json``, then the
+    manifest (the sha256 of every process's file, each hashed where it was written), then renames
+    the folder, as ``save_checkpoint`` does: a kill of any process at any moment leaves the
+    previous checkpoints complete. A write that fails on any process is a ``CheckpointWriteError``
+    on every process (the processes agree through ``exchange`` before each phase)."""
+    root = Path(root)
+    tmp = _renamed(checkpoint_dir(root, step), _TMP_SUFFIX)
+
+    def phase(work: Callable[[], Any]) -> list[Any]:
+        """``work`` on this process, then every process's result on all; a failure anywhere
+        stops every process (the failing one with its own error)."""
+        try:
+            result, failure = work(), None
+        except Exception as error:
+            result, failure = None, error
+        reported = None if failure is None else (getattr(failure, "errno", None), str(failure))
+        results = exchange((result, reported))
+        for where, (_, problem) in enumerate(results):
+            if problem is None:
+                continue
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # nothing partial stays
+            error = (
+                failure
+                if failure is not None
+                else OSError(problem[0] or errno.EIO, f"process {where}: {problem[1]}")
+            )
+            if not isinstance(error, OSError):
+                raise error
+            raise CheckpointWriteError.of(error, root, step, _tensor_bytes(shard) * len(results)) from error
+        return [value for value, _ in results]
+
+    def publish() -> None:
+        _publish(root, step, tmp, {**manifest, **_write_files(tmp, _run_files(state))}, keep)
+
+    phase(lambda: _start_checkpoint(root, tmp) if rank == 0 else None)
+    sums = phase(lambda: _write_files(tmp, {shard_file(rank): lambda p: save_file(_contiguous(shard), p)}))
+    manifest = {name: digest for written in sums for name, digest in written.items()}
+    phase(lambda: publish() if rank == 0 else None)
+    return checkpoint_dir(root, step)
 
 
 def _os_error_in(error: Exception, path: Path) -> OSError | None:
@@ -314,12 +409,17 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
-def verify_checkpoint(path: str | Path) -> None:
-    """Raise ``CheckpointError`` naming the file if anything is missing or its checksum differs."""
+def verify_checkpoint(path: str | Path, rank: int | None = None) -> None:
+    """Raise ``CheckpointError`` naming the file if anything is missing or its checksum differs.
+    With ``rank`` (a sharded checkpoint read by one process) the other processes' files are only
+    checked to be there; each process checksums its own."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise CheckpointError(f"checkpoint {path} has no {MANIFEST}: it is incomplete")
-    _verify_sums(path, MANIFEST, "checkpoint file")
+    others = set()
+    if rank is not None:
+        others = {name for name in os.listdir(path) if _SHARD.fullmatch(name) and name != shard_file(rank)}
+    _verify_sums(path, MANIFEST, "checkpoint file", skip=others)
 
 
 def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
@@ -333,14 +433,15 @@ def read_json_object(path: Path, error: type[Exception] = ValueError) -> dict[st
     return data
 
 
-def _verify_sums(directory: Path, sums_name: str, what: str) -> None:
-    """Check every file listed in ``directory / sums_name`` against its sha256."""
+def _verify_sums(directory: Path, sums_name: str, what: str, skip: set[str] = frozenset()) -> None:
+    """Check every file listed in ``directory / sums_name`` against its sha256 (those in ``skip``:
+    only that they are there)."""
     sums = read_json_object(directory / sums_name, error=CheckpointError)  # {file name: sha256}
     for name, expected in sums.items():
         file = directory / name
         if not file.is_file():
             raise CheckpointError(f"{what} {file} is missing")
-        if _sha256(file) != expected:
+        if name not in skip and _sha256(file) != expected:
             raise CheckpointError(f"{what} {file} is corrupted or truncated (sha256 mismatch)")
 
 
@@ -363,18 +464,24 @@ def verify_checksums(directory: str | Path) -> None:
         _verify_sums(directory, CHECKSUMS, "weights file")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Verify and read a checkpoint: model, ema, optimizer, rng, state."""
+def load_checkpoint(path: str | Path, rank: int | None = None) -> dict[str, Any]:
+    """Verify and read a checkpoint: model, ema, optimizer, rng, state; a sharded one (``state``
+    says ``processes``): process ``rank``'s ``shard`` (tensors by ``model.``/``ema.``/``optimizer.``
+    name), rng, state."""
     path = Path(path)
-    verify_checkpoint(path)
+    verify_checkpoint(path, rank)
     try:
+        state = json.loads((path / "state.json").read_text())
+        rng = load_file(path / "rng.safetensors")["torch"]
+        if "processes" in state:
+            return {"shard": load_file(path / shard_file(rank or 0)), "rng": rng, "state": state}
         return {
             "model": load_file(path / "model.safetensors"),
             "ema": load_file(path / "ema.safetensors"),
             # Tensors and plain numbers only: never unpickle arbitrary objects.
             "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-            "rng": load_file(path / "rng.safetensors")["torch"],
-            "state": json.loads((path / "state.json").read_text()),
+            "rng": rng,
+            "state": state,
         }
     except (SafetensorError, RuntimeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"checkpoint {path} could not be read: {error}") from error

@@ -59,7 +59,9 @@ OPTION_OF_ARGUMENT = {
     "image": "--image", "video": "--video", "mask": "--mask", "strength": "--strength",
     "window": "--window", "overlap": "--overlap", "chunk_size": "--chunk-size", "noise_level": "--noise-level",
     "ssr_window": "--ssr-window", "ssr_overlap": "--ssr-overlap", "ssr_chunk_size": "--ssr-chunk-size",
-    "ssr_steps": "--ssr-steps",
+    "ssr_steps": "--ssr-steps", "ssr_strength": "--ssr-strength", "cache_interval": "--cache-interval",
+    "guidance_end": "--guidance-end",
+    "ssr_cache_interval": "--ssr-cache-interval",
 }
 # fmt: on
 SSR_DEFAULTS = SSROptions()  # the SSR options' defaults, shown in --help
@@ -211,7 +213,9 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_sampling_options(parser: argparse.ArgumentParser, guidance: float, guidance_help: str) -> None:
+def _add_sampling_options(
+    parser: argparse.ArgumentParser, guidance: float, guidance_help: str, steps: int | None = 25, steps_help: str = ""
+) -> None:
     """--steps, --guidance, --scheduler and --time-limit of a sampling command."""
     parser.add_argument(
         "--time-limit",
@@ -222,7 +226,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser, guidance: float, guid
         "way; default: no limit)",
     )
     parser.add_argument(
-        "--steps", type=_int_at_least(1), default=25, metavar="N", help="denoising steps, >= 1"
+        "--steps", type=_int_at_least(1), default=steps, metavar="N", help=f"denoising steps, >= 1{steps_help}"
     )
     parser.add_argument(
         "--guidance",
@@ -357,7 +361,51 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=None,
         metavar="N",
-        help="SSR denoising steps, >= 1 (default: --steps)",
+        help="SSR denoising steps, >= 1 (default: the model's, 8 for the shipped one; else --steps)",
+    )
+    _add_ssr_strength_option(parser, "--ssr-strength", "the SSR's schedule", "the base clip")
+    _add_speed_options(parser)
+
+
+def _add_ssr_strength_option(parser: argparse.ArgumentParser, flag: str, what: str, source: str) -> None:
+    """The SSR's ``strength`` (``SSROptions.strength``) as ``flag``; None: the model's default."""
+    parser.add_argument(
+        flag,
+        type=_float_in(0.0, 1.0, low_open=True),
+        default=None,
+        metavar="F",
+        help=f"share of {what} run, from the noised interpolation of {source}, in (0, 1]; 1: from pure noise "
+        "(default: the model's, 0.25 for the shipped one)",
+    )
+
+
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """--cache-interval, --ssr-cache-interval, --guidance-end: switches that trade quality for time
+    (docs/speed.md has their figures; the defaults leave the clip unchanged)."""
+    group = parser.add_argument_group("speed", "faster sampling at some cost in quality (docs/speed.md)")
+    for prefix, what in (("", "base model"), ("ssr-", "SSR")):
+        group.add_argument(
+            f"--{prefix}cache-interval",
+            type=_int_at_least(1),
+            default=1,
+            metavar="N",
+            help=f"{what}: a full network call every N steps, reusing its deep features in between "
+            "(DeepCache), >= 1; 1: every call is full",
+        )
+    group.add_argument(
+        "--guidance-end",
+        type=_float_in(0.0, 1.0),
+        default=1.0,
+        metavar="F",
+        help="base model: classifier-free guidance on the first fraction F of the steps only, in [0, 1]; "
+        "the rest run the conditional branch alone; 1: every step",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="precision of the networks: bf16 runs oneDNN's bfloat16 kernels (faster on CPUs with "
+        "avx512_bf16 or AMX, and on GPUs), at bfloat16 rounding",
     )
 
 
@@ -463,7 +511,8 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_time(parser, args, pipe, _generate_runs(pipe, args))
     # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
-    ssr_options = SSROptions(args.ssr_window, args.ssr_overlap, args.ssr_chunk_size, steps=args.ssr_steps)
+    ssr_options = SSROptions(args.ssr_window, args.ssr_overlap, args.ssr_chunk_size, steps=args.ssr_steps,
+                             cache_interval=args.ssr_cache_interval, strength=args.ssr_strength)  # fmt: skip
     # Options map one to one onto the pipeline's keywords (here and in upsample's call): the two
     # calls share their shape (keyword=args.option), not logic. What the model cannot take (a window
     # not a multiple of its temporal factor, a mask that does not fit, too little memory) the
@@ -487,6 +536,8 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         overlap=args.overlap,
         upsample=not args.no_upsample,
         ssr_options=ssr_options,
+        cache_interval=args.cache_interval,
+        guidance_end=args.guidance_end,
     ).frames  # [n, f, h, w, 3] in [0, 1]
 
     video = (
@@ -517,9 +568,17 @@ def _generate_runs(pipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
         ssr_factor = pipe.ssr_scale * factor // (factor if getattr(pipe, "ssr_latent", False) else 1)
         runs.append(dict(stunet=pipe.ssr, batch=args.num_videos, num_frames=num_frames,
                          height=height * ssr_factor, width=width * ssr_factor, guidance=guided,
-                         steps=args.ssr_steps or args.steps, window=args.ssr_window, overlap=args.ssr_overlap,
+                         steps=_ssr_calls(pipe, args.ssr_steps or pipe.ssr_steps or args.steps, args.ssr_strength),
+                         window=args.ssr_window, overlap=args.ssr_overlap,
                          chunk_size=args.ssr_chunk_size))  # fmt: skip
     return runs
+
+
+def _ssr_calls(pipe: Any, steps: int, strength: float | None) -> int:
+    """Network calls per window of an SSR pass of ``steps`` at ``strength`` (None: the model's)."""
+    from lumiere.pipelines.lumiere import sdedit_step_count
+
+    return sdedit_step_count(steps, pipe.ssr_strength if strength is None else strength)
 
 
 def _check_time(parser: argparse.ArgumentParser, args: argparse.Namespace, pipe: Any, runs: list[dict[str, Any]]) -> None:
@@ -570,8 +629,10 @@ def _add_upsample(parser: argparse.ArgumentParser) -> None:
     _add_model_option(parser, "pipeline directory with an ssr/ model")
     _add_ssr_window_options(parser, prefix="", what="")
     _add_sampling_options(
-        parser, SSR_DEFAULTS.guidance_scale, "(<= 1: no guidance; the input fixes the content)"
-    )
+        parser, SSR_DEFAULTS.guidance_scale, "(<= 1: no guidance; the input fixes the content)",
+        steps=None, steps_help=" (default: the model's, 8 for the shipped one; else 25)",
+    )  # fmt: skip
+    _add_ssr_strength_option(parser, "--strength", "the schedule", "the input")
     parser.add_argument(
         "--noise-level",
         type=_int_at_least(0),
@@ -614,7 +675,8 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                  f"decoding the {num_frames} frames of {width}x{height} of {args.input}")  # fmt: skip
     _check_time(parser, args, pipe, [dict(
         stunet=pipe.ssr, batch=1, num_frames=num_frames, height=height * pipe.ssr_scale,
-        width=width * pipe.ssr_scale, guidance=args.guidance > 1.0, steps=args.steps, window=args.window,
+        width=width * pipe.ssr_scale, guidance=args.guidance > 1.0,
+        steps=_ssr_calls(pipe, args.steps or pipe.ssr_steps or 25, args.strength), window=args.window,
         overlap=args.overlap, chunk_size=args.chunk_size,
     )])  # fmt: skip
     try:
@@ -631,6 +693,7 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         noise_level=args.noise_level,
+        strength=args.strength,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="np",
     ).frames[0]  # [f, H, W, 3] in [0, 1]
@@ -1125,6 +1188,12 @@ def _place(pipe: Any, args: argparse.Namespace) -> None:
 
     pipe.scheduler = make_sampling_scheduler(args.scheduler, pipe.scheduler.config)
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if getattr(args, "dtype", "fp32") == "bf16":
+        pipe.to(torch.bfloat16)  # the networks only: the text encoder keeps its precision
+    if getattr(pipe, "ssr", None) is not None and pipe._execution_device.type == "cpu":
+        # oneDNN's native layout: the SSR's 64x64 convolutions run ~1.08x faster, the same clip up to
+        # float rounding (docs/speed.md); the base model at 32x32 gains nothing.
+        pipe.ssr.to(memory_format=torch.channels_last)
 
 
 def _fail(parser: argparse.ArgumentParser, message: str, code: int = 1) -> int:

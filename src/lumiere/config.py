@@ -28,18 +28,21 @@ class ModelConfig:
     compile: bool = False  # torch.compile the network (inductor)
     channels_last: bool = False  # NHWC memory format for the 2-D convolutions
     ssr_scale: int = 2  # ssr: the low-res clip is data.resolution / ssr_scale (the paper's SSR goes 8x)
-    ssr_residual: bool = False  # ssr: diffuse the detail over bilinear upsampling, not the clip
+    ssr_residual: bool = False  # ssr: diffuse the detail over the upsampled low-res clip, not the clip
+    ssr_upsample: Literal["bilinear", "bicubic"] = "bilinear"  # ssr: how the low-res clip is upsampled (input and residual base)
+    ssr_residual_scale: float = 1.0  # ssr with ssr_residual: the detail is multiplied by this in training (its std ~0.05 -> ~0.5, the data's)
     lora_rank: int = 0  # stunet: rank of LoRA adapters on the spatial layers, trained beside the temporal ones; 0: none
     lora_alpha: float | None = None  # LoRA scale numerator (scale alpha / rank); None: the rank (scale 1)
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
     )  # spatial modules given LoRA, by name suffix (diffusers' choice: the attention projections)
+    coarse_temporal_halvings: int = 0  # stunet/conditional: halve time this many more times below the mid block (STUNet.deepen_time, long clips); 0: as loaded
     lora_fuse: bool = False  # export: merge the LoRA into the spatial weights instead of writing pytorch_lora_weights.safetensors
 
 
 @dataclass
 class DataConfig:
-    kind: Literal["shapes", "folder", "shards"] = "shapes"  # synthetic MovingShapes, a VideoFolder, or streamed tar shards
+    kind: Literal["shapes", "folder", "shards", "photos"] = "shapes"  # synthetic MovingShapes, a VideoFolder, streamed tar shards, or camera moves over photos (lumiere.data.photos)
     path: str | None = None  # folder of videos (kind "folder"); shard paths, folder, glob or {a..b} pattern (kind "shards")
     num_frames: int = 16  # frames per clip (1 for stage t2i)
     resolution: int = 32  # square side in pixels
@@ -59,12 +62,19 @@ class DataConfig:
     # shapes video stages: shares of the motions (left, right, up, down, growing, shrinking,
     # bouncing); None: uniform
     motion_mix: tuple[float, float, float, float, float, float, float] | None = None
+    long_motion_share: float = 0.0  # shapes video stages: share of clips with a motion that spans the whole clip (lumiere.data.shapes.LONG_MOTIONS); 0: none
+    # shares of the long motions (left and back, right and back, up and back, down and back, growing
+    # then shrinking, shrinking then growing, bouncing slowly, bouncing quickly); None: uniform
+    long_motion_mix: tuple[float, float, float, float, float, float, float, float] | None = None
+    frame_step: int = 1  # shapes: clips are every frame_step-th frame of a num_frames * frame_step clip (a cascade's keyframes)
     cache_dir: str | None = None  # latent training: VAE-latent and text caches (`lumiere data cache`); None: encode every step
     vae_batch_size: int = 8  # latent training: frames per VAE encoder call (its memory does not grow with the clip)
     shuffle_buffer: int = 256  # shards: clips each reader shuffles among (memory: that many clip references)
     short_clips: Literal["skip", "loop"] = "skip"  # shards: a clip shorter than the shortest length is skipped or looped
     buckets: list[tuple[int, int]] | None = None  # shards: (h, w) sizes, a clip goes to the closest aspect, a batch holds one; None: data.resolution squares
     length_buckets: list[int] | None = None  # shards: frame counts, a clip takes the longest it holds; None: data.num_frames
+    photos: list[str] | None = None  # photos: scikit-image photograph names; None: lumiere.data.photos.TRAIN_PHOTOS (the held-out PHOTOS stay for evaluation)
+    shapes_fraction: float = 0.0  # photos: share of MovingShapes clips mixed in, so a model keeps what it knew of them
 
 
 @dataclass
@@ -130,6 +140,7 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, ">= 1"),
             ("sample_every", self.sample_every >= 0, ">= 0"),
             ("model.ssr_scale", self.model.ssr_scale >= 1, ">= 1"),
+            ("model.ssr_residual_scale", self.model.ssr_residual_scale > 0, "> 0"),
             (
                 "data.task_mix",
                 min(self.data.task_mix) >= 0 and sum(self.data.task_mix) > 0,
@@ -155,6 +166,30 @@ class TrainConfig:
             check_motion_mix(self.data.motion_mix, name="config key data.motion_mix")
             if self.data.kind != "shapes" or stage.image_data:
                 raise ValueError("config key data.motion_mix applies to shapes data in video stages only")
+        if self.data.kind != "photos" and (self.data.photos is not None or self.data.shapes_fraction):
+            raise ValueError("config keys data.photos and data.shapes_fraction apply to data.kind 'photos' only")
+        if not 0 <= self.data.shapes_fraction <= 1:
+            raise ValueError(f"config key data.shapes_fraction must be in [0, 1], got {self.data.shapes_fraction}")
+        if self.data.frame_step < 1 or (self.data.frame_step > 1 and self.data.kind != "shapes"):
+            raise ValueError("config key data.frame_step must be >= 1, and 1 unless data.kind is 'shapes'")
+        if self.model.coarse_temporal_halvings < 0:
+            raise ValueError("config key model.coarse_temporal_halvings must be >= 0")
+        if self.model.coarse_temporal_halvings and self.stage not in ("stunet", "conditional"):
+            raise ValueError(
+                f"config key model.coarse_temporal_halvings applies to stages 'stunet' and 'conditional', not {self.stage!r}"
+            )
+        if self.data.long_motion_share or self.data.long_motion_mix is not None:
+            from lumiere.data.shapes import check_long_motions
+
+            check_long_motions(
+                self.data.long_motion_share,
+                self.data.long_motion_mix,
+                names=("config key data.long_motion_share", "config key data.long_motion_mix"),
+            )
+            if self.data.kind != "shapes" or stage.image_data:
+                raise ValueError(
+                    "config keys data.long_motion_share and data.long_motion_mix apply to shapes data in video stages only"
+                )
         if self.data.kind in ("folder", "shards") and not self.data.path:
             raise ValueError(f"config key data.path is required when data.kind is {self.data.kind!r}")
         stage.check_config(self)

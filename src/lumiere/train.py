@@ -14,6 +14,9 @@ the network, the data, the loss of a batch, the samples and the export. The loop
 - Exact resume: the data stream and every random draw of step ``s`` are functions of
   (seed, s, rank) (``lumiere.data.stream``), so restoring weights, optimizer, schedule and EMA
   continues the same run.
+- Past one process (``lumiere.distributed``): data parallel (DDP), or FSDP2 with parameters,
+  gradients, AdamW moments and the EMA sharded; under FSDP each process writes its own shards of a
+  checkpoint, and the samples and the export gather the whole EMA weights on the main process.
 - Atomic checkpoints (``lumiere.checkpoint``); SIGTERM/SIGINT write a final checkpoint; a
   non-finite loss or gradient skips the step, and too many in a row stop the run. Metrics and
   config files are replaced atomically (``lumiere.files``); a full disk or a read-only folder stops
@@ -26,7 +29,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +42,17 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from lumiere.checkpoint import (
+    CheckpointError,
     CheckpointWriteError,
     latest_checkpoint,
     load_latest_checkpoint,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.data.stream import step_batches, step_generator
 from lumiere.diffusion import DiffusionObjective
+from lumiere.distributed import Placement, full_state_dict, like, local
 from lumiere.errors import OutputError
 from lumiere.files import describe_os_error, is_machine_fault, write_text_atomic
 from lumiere.stages import get_stage
@@ -63,7 +69,7 @@ class TrainResult:
     step: int  # optimizer steps done
     final_loss: float  # mean loss of the last logging window
     model_dir: Path | None  # exported EMA model (None if the run stopped before max_steps)
-    model: torch.nn.Module  # the trained network (not the EMA), unwrapped
+    model: torch.nn.Module  # the trained network (not the EMA), unwrapped; under FSDP its DTensor shards
     skipped_steps: int  # steps skipped for a non-finite loss or gradient
 
 
@@ -97,60 +103,171 @@ class _StopFlag:
 
 
 class _Optimization:
-    """AdamW over the trainable weights, linear warm-up, EMA of every weight (for sampling and export)."""
+    """AdamW over the trainable weights, linear warm-up, EMA of the trainable weights (for sampling
+    and export), all placed as the run's ``Placement`` says: whole on every process, or sharded (the
+    EMA then holds the same shards as the weights, and checkpoints are per process)."""
 
-    def __init__(self, model: torch.nn.Module, config: TrainConfig):
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, placement: Placement):
         optim = config.optim
-        self.model = model  # unwrapped: what is saved, loaded and exported
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
-        )
-        self.lr_schedule = get_scheduler(
-            "constant_with_warmup", self.optimizer, num_warmup_steps=optim.warmup_steps
-        )
-        self.ema = EMAModel(model.parameters(), decay=optim.ema_decay, use_ema_warmup=True, power=2 / 3)
-        self.param_names = [name for name, _ in model.named_parameters()]
+        self.placement = placement
 
-    def load(self, saved: dict[str, Any]) -> tuple[int, int]:
+        def make_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            return torch.optim.AdamW(
+                trainable, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+            )
+
+        # forward_model: what the steps call (DDP-wrapped, compiled); model: the
+        # network itself, what is saved, loaded and exported.
+        self.forward_model, self.model, self.optimizer = placement.place(
+            model, make_optimizer, config.model.compile
+        )
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.torch_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate's wrapper's
+        self.lr_schedule = get_scheduler(
+            "constant_with_warmup", self.torch_optimizer, num_warmup_steps=optim.warmup_steps
+        )
+        # The EMA of the trained weights: a frozen weight never moves, so it is its own EMA (at the
+        # paper's size, Sec. 3.1's frozen image model, this spares a copy of 4.3 B weights).
+        self.ema = EMAModel(self.params, decay=optim.ema_decay, use_ema_warmup=True, power=2 / 3)
+        self.param_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def load(self, saved: dict[str, Any], path: Path) -> tuple[int, int]:
         """Restore a checkpoint (``load_latest_checkpoint``); returns (step, skipped steps)."""
-        self.model.load_state_dict(saved["model"])
-        ema_meta = saved["state"]["ema"]
-        self.ema.load_state_dict({**ema_meta, "shadow_params": [saved["ema"][n] for n in self.param_names]})
-        self.optimizer.load_state_dict(saved["optimizer"]["optimizer"])
-        self.lr_schedule.load_state_dict(saved["optimizer"]["lr_schedule"])
+        state = saved["state"]
+        self._check_layout(state, path)
+        if self.placement.sharded:
+            shard = saved["shard"]
+            model_state = {k[len("model.") :]: v for k, v in shard.items() if k.startswith("model.")}
+            ema_state = {k[len("ema.") :]: v for k, v in shard.items() if k.startswith("ema.")}
+            optimizer_state = _optimizer_state(shard, state["optimizer_param_groups"], self.torch_optimizer)
+            lr_schedule = state["lr_schedule"]
+        else:
+            model_state, ema_state = saved["model"], saved["ema"]
+            optimizer_state, lr_schedule = saved["optimizer"]["optimizer"], saved["optimizer"]["lr_schedule"]
+        # like(): under FSDP each piece goes back as the DTensor shard it was saved from.
+        current = self.model.state_dict()
+        self.model.load_state_dict(
+            {k: like(current[k], v) if k in current else v for k, v in model_state.items()}
+        )
+        shadows = [
+            like(s, ema_state[n]) for n, s in zip(self.param_names, self.ema.shadow_params, strict=True)
+        ]
+        self.ema.load_state_dict({**state["ema"], "shadow_params": shadows})
+        self.optimizer.load_state_dict(optimizer_state)
+        self.lr_schedule.load_state_dict(lr_schedule)
         torch.set_rng_state(saved["rng"])
-        return int(saved["state"]["step"]), int(saved["state"]["skipped_steps"])
+        return int(state["step"]), int(state["skipped_steps"])
+
+    def _check_layout(self, state: dict[str, Any], path: Path) -> None:
+        """A ``ValueError`` naming the checkpoint when it was written by a run placed otherwise."""
+        written = state.get("processes")  # sharded checkpoints: the number of processes
+        world = self.placement.accelerator.num_processes
+        if self.placement.sharded and written != world:
+            how = f"by {written} FSDP processes" if written else "whole (one process or DDP)"
+            raise ValueError(
+                f"checkpoint {path} was written {how}; this run shards over {world} processes under FSDP: "
+                f"resume it with the launch that wrote it (or start a new run from its exported model)"
+            )
+        if not self.placement.sharded and written:
+            raise ValueError(
+                f"checkpoint {path} holds the shards of {written} FSDP processes; resume it under the same "
+                "accelerate config and number of processes"
+            )
 
     def save(self, root: Path, step: int, skipped: int, config: TrainConfig, data: Any = None) -> None:
-        save_checkpoint(
+        """Write checkpoint ``step``: the main process alone when the weights are whole, every
+        process its own shards under FSDP."""
+        state = {
+            "step": step,
+            "skipped_steps": skipped,
+            "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"},
+            "config": config_to_dict(config),
+            "data": data,  # shard streams: every process's data position (_data_positions)
+        }
+        if not self.placement.sharded:
+            save_checkpoint(
+                root,
+                step,
+                model_state=self.model.state_dict(),
+                ema_state=dict(zip(self.param_names, self.ema.shadow_params, strict=True)),
+                optimizer_state={
+                    "optimizer": self.optimizer.state_dict(),
+                    "lr_schedule": self.lr_schedule.state_dict(),
+                },
+                state=state,
+                keep=config.keep_checkpoints,
+            )
+            return
+        optimizer_state = self.torch_optimizer.state_dict()
+        shard = {f"model.{k}": local(v) for k, v in self.model.state_dict().items()}
+        shard |= {f"ema.{n}": local(s) for n, s in zip(self.param_names, self.ema.shadow_params, strict=True)}
+        for index, moments in optimizer_state["state"].items():
+            shard |= {f"optimizer.{index}.{key}": local(value) for key, value in moments.items()}
+        state |= {
+            "processes": self.placement.accelerator.num_processes,
+            "optimizer_param_groups": optimizer_state["param_groups"],
+            "lr_schedule": self.lr_schedule.state_dict(),
+        }
+        accelerator = self.placement.accelerator
+        save_sharded_checkpoint(
             root,
             step,
-            model_state=self.model.state_dict(),
-            ema_state=dict(zip(self.param_names, self.ema.shadow_params, strict=True)),
-            optimizer_state={
-                "optimizer": self.optimizer.state_dict(),
-                "lr_schedule": self.lr_schedule.state_dict(),
-            },
-            state={
-                "step": step,
-                "skipped_steps": skipped,
-                "ema": {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"},
-                "config": config_to_dict(config),
-                "data": data,  # shard streams: every process's data position (_data_positions)
-            },
-            keep=config.keep_checkpoints,
+            shard,
+            state,
+            config.keep_checkpoints,
+            accelerator.process_index,
+            self.placement.exchange,
         )
 
     @contextmanager
     def ema_weights(self) -> Iterator[torch.nn.Module]:
         """The model with its EMA weights in place, restored afterwards."""
-        self.ema.store(self.model.parameters())
-        self.ema.copy_to(self.model.parameters())
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
         try:
             yield self.model
         finally:
-            self.ema.restore(self.model.parameters())
+            self.ema.restore(self.params)
+
+    @contextmanager
+    def whole_ema_model(self, build: Callable[[], torch.nn.Module]) -> Iterator[torch.nn.Module | None]:
+        """The network with its EMA weights, whole, on the main process; None on the others.
+        Whole weights: the model itself. Sharded: every process must enter (the shards are
+        all-gathered), and the main process gets a copy made by ``build`` holding them."""
+        is_main = self.placement.accelerator.is_main_process
+        if not self.placement.sharded:
+            if not is_main:
+                yield None
+                return
+            with self.ema_weights() as model:
+                yield model
+            return
+        with self.ema_weights() as model:
+            whole = full_state_dict(model, keep=is_main)
+        if not is_main:
+            yield None
+            return
+        with torch.random.fork_rng():  # building draws initial weights: the run's RNG is left as it was
+            copy = build()
+        copy.load_state_dict(whole)
+        yield copy
+
+
+def _optimizer_state(
+    shard: dict[str, torch.Tensor], param_groups: list[dict[str, Any]], optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """AdamW's ``state_dict`` from a process's shard (``optimizer.INDEX.KEY`` pieces) and the
+    saved param groups: each moment placed as its parameter is (a DTensor shard), the step count
+    (a scalar) as it is."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, piece in shard.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            param = params[int(index)]
+            state.setdefault(int(index), {})[key] = piece if piece.dim() == 0 else like(param, piece)
+    return {"state": state, "param_groups": param_groups}
 
 
 class _Metrics:
@@ -261,20 +378,25 @@ def _train(
     objective = DiffusionObjective(stage.noise_scheduler())
     text_encoder = stage.load_text_encoder().to(device)
 
-    # 2. Optimizer, warm-up schedule, EMA.
-    opt = _Optimization(model, config)
+    # 2. Placement (whole on each process, or sharded: lumiere.distributed), optimizer, warm-up
+    #    schedule, EMA.
+    placement = Placement.of(accelerator)
+    opt = _Optimization(model, config, placement)
+    model = opt.forward_model
 
     # 3. Resume.
     step, skipped_total = 0, 0
-    latest = load_latest_checkpoint(checkpoints) if resume else None
+    rank = accelerator.process_index if placement.sharded else None  # sharded: each reads its own file
+    latest = load_latest_checkpoint(checkpoints, rank) if resume else None
+    if placement.sharded and len(set(placement.exchange(latest and str(latest[0])))) > 1:
+        raise CheckpointError(
+            f"the processes found different latest checkpoints in {checkpoints} (a damaged file?)"
+        )
     if resume and latest is None:
         logger.warning("--resume: no checkpoint in %s, starting from step 0", checkpoints)
     if latest is not None:
-        step, skipped_total = opt.load(latest[1])
+        step, skipped_total = opt.load(latest[1], latest[0])
         logger.info("resumed from %s (step %d)", latest[0], step)
-    if config.model.compile:
-        model = torch.compile(model)
-    model, opt.optimizer = accelerator.prepare(model, opt.optimizer)
 
     # 4. Data stream from this step on.
     dataset, finite = stage.build_dataset()
@@ -283,15 +405,15 @@ def _train(
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
         positions = _data_positions(batches, accelerator)  # every process takes part in the gather
-        if is_main:
+        if is_main or placement.sharded:  # sharded: every process writes its own shards
             opt.save(checkpoints, step, skipped_total, config, data=positions)
         accelerator.wait_for_everyone()
 
     def sample_with_ema(name: str) -> None:
-        if is_main:
-            with opt.ema_weights() as ema_model:
+        with opt.whole_ema_model(stage.build_model) as ema_model:  # sharded: every process gathers
+            if ema_model is not None:
                 stage.write_samples(ema_model, text_encoder, output_dir / "samples" / name, device)
-            _log_sample_clip(accelerator, output_dir / "samples" / name, step)
+                _log_sample_clip(accelerator, output_dir / "samples" / name, step)
 
     # 5. Steps.
     if is_main:
@@ -333,7 +455,7 @@ def _train(
             opt.optimizer.step()
             opt.lr_schedule.step()
             opt.optimizer.zero_grad(set_to_none=True)
-            opt.ema.step(opt.model.parameters())
+            opt.ema.step(opt.params)
             step += 1
             metrics.add(loss)
             progress.update(1)
@@ -347,7 +469,9 @@ def _train(
                 sample_with_ema(f"step_{step:08d}.mp4")
             out_of_time = time_limit_s is not None and metrics.elapsed() >= time_limit_s
             asked_to_stop = stop_after_steps is not None and step - start_step >= stop_after_steps
-            if step < config.optim.max_steps and (stop.requested or out_of_time or asked_to_stop):
+            # One process's signal or clock stops all at this step (each writes its part).
+            stop_now = placement.any_process(stop.requested or out_of_time or asked_to_stop)
+            if step < config.optim.max_steps and stop_now:
                 checkpoint()
                 progress.close()
                 logger.info("stopped at step %d; continue with --resume", step)
@@ -357,14 +481,14 @@ def _train(
     final_loss = metrics.finish()
     checkpoint()
 
-    # 6. Export the EMA weights and write the final samples.
+    # 6. Export the EMA weights (whole: gathered from the shards under FSDP), the final samples.
     model_dir = None
-    if is_main:
-        with opt.ema_weights() as ema_model:
+    with opt.whole_ema_model(stage.build_model) as ema_model:
+        if ema_model is not None:
             model_dir = stage.export(ema_model, text_encoder, output_dir / "model")
             stage.write_samples(ema_model, text_encoder, output_dir / "samples" / "final.mp4", device)
-        _log_sample_clip(accelerator, output_dir / "samples" / "final.mp4", step)
-        logger.info("exported the EMA model to %s", model_dir)
+            _log_sample_clip(accelerator, output_dir / "samples" / "final.mp4", step)
+            logger.info("exported the EMA model to %s", model_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(step, final_loss, model_dir, opt.model, skipped_total)

@@ -5,10 +5,12 @@ then checks that today's code gives the same clips (issue 28: "the shipped model
 clip for the same seed before and after"). Stored as float16, a few hundred KB.
 
     python tests/reference/make_reference.py        # rewrites tests/reference/shipped_clips.npz
+    python tests/reference/make_reference.py --only t2v_ssr   # one clip, after a new SSR ships
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +53,17 @@ def generate(pipe: LumierePipeline, kwargs: dict) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="rewrite only these clips (e.g. t2v_ssr after a new SSR ships); keep the others")  # fmt: skip
+    args = parser.parse_args()
     pipe = LumierePipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
     inputs = reference_inputs()
-    clips = {name: generate(pipe, kwargs).astype(np.float16) for name, kwargs in reference_calls(inputs).items()}
+    calls = reference_calls(inputs)
+    clips = dict(np.load(OUT)) if args.only else {}
+    for name in args.only or calls:
+        clips[name] = generate(pipe, calls[name]).astype(np.float16)
     np.savez_compressed(OUT, **clips)
     print(f"wrote {OUT}: " + ", ".join(f"{k} {v.shape}" for k, v in clips.items()))
 

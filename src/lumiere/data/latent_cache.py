@@ -142,8 +142,28 @@ def clip_keys(dataset: Dataset) -> list[str]:
     )
 
 
+def caches_latents(config: TrainConfig) -> bool:
+    """Whether ``data.cache_dir`` holds the clips' latents too, or only the captions' text
+    embeddings: streamed shards draw a new window of each clip every epoch, so only their captions
+    are cached (the VAE encodes each batch as it comes)."""
+    return config.data.kind != "shards"
+
+
+def shard_captions(patterns: str | Sequence[str]) -> list[str]:
+    """Every caption of the tar shards ``patterns`` names (``lumiere.data.streaming.expand_shards``),
+    read from the ``.txt`` members located by the shard headers (no video is read)."""
+    from lumiere.data.streaming import expand_shards, index_shard, read_member
+
+    captions = []
+    for path in expand_shards(patterns):
+        for entry in index_shard(path):
+            if "txt" in entry.members:
+                captions.append(read_member(path, entry.members["txt"]).decode("utf-8"))
+    return captions
+
+
 def check_cacheable(config: TrainConfig, finite: bool) -> None:
-    """``ValueError`` naming the key when the config's data cannot be cached: the cache holds each
+    """``ValueError`` naming the key when the config's clips cannot be cached: the cache holds each
     index of a finite data set (a video folder, or shapes with ``data.length``)."""
     if config.data.kind == "shapes" and not finite:
         raise ValueError(
@@ -152,7 +172,7 @@ def check_cacheable(config: TrainConfig, finite: bool) -> None:
     if not finite:
         raise ValueError(
             f"config key data.kind {config.data.kind!r} streams clips and cannot be cached; "
-            "use data.kind 'folder' or 'shapes' with data.cache_dir"
+            "use data.kind 'folder', 'shapes' or 'shards' (captions only) with data.cache_dir"
         )
 
 
@@ -316,6 +336,7 @@ def build_caches(
     """Encode every training clip of ``config`` (a ``stunet`` stage on a latent pipeline folder,
     with ``data.cache_dir``) to VAE moments and every caption (with "" and the sample prompts) to
     its text embedding, into the caches under ``data.cache_dir``, skipping what is already there.
+    Streamed shards (``caches_latents`` False): their captions only, read from the shard headers.
 
     Returns counts: {"clips", "encoded", "bad", "captions", "captions_encoded"}.
     """
@@ -332,6 +353,10 @@ def build_caches(
         )
     if not config.data.cache_dir:
         raise ValueError("config key data.cache_dir is required to build caches")
+    if not caches_latents(config):
+        captions = shard_captions(config.data.path)
+        counts = {"clips": len(captions), "encoded": 0, "bad": 0}
+        return _cache_text(stage, dict.fromkeys([*captions, "", *config.sample_prompts]), shard_size, progress, counts)
     dataset, finite = stage.pixel_dataset()
     check_cacheable(config, finite)
     keys = clip_keys(dataset)
@@ -368,6 +393,15 @@ def build_caches(
 
     # 2. Captions -> text embeddings (the training captions, the empty prompt, the sample prompts).
     wanted = dict.fromkeys([*(store.captions[k] for k in keys if k in store), "", *config.sample_prompts])
+    return _cache_text(stage, wanted, shard_size, progress, counts)
+
+
+def _cache_text(
+    stage: Any, wanted: dict[str, None], shard_size: int, progress: bool, counts: dict[str, int]
+) -> dict[str, int]:
+    """Step 2 of ``build_caches``: the ``wanted`` captions' text embeddings not cached yet, encoded
+    in batches and written shard by shard; ``counts`` completed with the caption counts."""
+    config = stage.config
     texts = text_store(config.data.cache_dir, stage.text_encoder_identity())
     todo = [c for c in wanted if f"{caption_key(c)}.states" not in texts]
     counts.update(captions=len(wanted), captions_encoded=len(todo))

@@ -1,7 +1,9 @@
 """Synthetic moving-shapes clips with captions (docs/design.md section 6).
 
-Every clip shows one solid shape on a solid background, moving in one of seven ways. A clip is a
-pure function of ``(seed, index)``, so the data set is reproducible, needs no storage and is cheap
+Every clip shows one solid shape on a solid background, moving in one of seven ways (``MOTIONS``),
+or, for long clips (the paper's 80 frames, 5 s at 16 fps), in one of eight motions that need the
+whole clip (``LONG_MOTIONS``: bounces at a steady period with a speed word, moves that cross the
+frame and return, growth then shrinking). A clip is a pure function of ``(seed, index)``, so the data set is reproducible, needs no storage and is cheap
 enough (well under a millisecond per 16x32x32 clip) to feed CPU training directly.
 
 Geometry, in pixel units with pixel centres at ``j + 0.5``: ``size`` is the diameter of a circle,
@@ -69,6 +71,53 @@ MOTION_PHRASES: dict[str, tuple[str, ...]] = {
     "bouncing": ("bouncing", "bouncing up and down", "hopping up and down"),
 }
 
+# Long motions (issue 33): each spans the whole clip, so a model must see all of it to draw it. The
+# first phrase is the canonical one. Bounces carry their speed, as a period in frames (at 16 fps:
+# quickly = 0.5-0.7 s, slowly = 1.25-1.6 s per bounce).
+LONG_MOTIONS: tuple[str, ...] = (
+    "moving left and back",
+    "moving right and back",
+    "moving up and back",
+    "moving down and back",
+    "growing then shrinking",
+    "shrinking then growing",
+    "bouncing slowly",
+    "bouncing quickly",
+)
+LONG_MOTION_PHRASES: dict[str, tuple[str, ...]] = {
+    "moving left and back": (
+        "moving left and back",
+        "moving to the left and back",
+        "sliding left and back again",
+    ),
+    "moving right and back": (
+        "moving right and back",
+        "moving to the right and back",
+        "sliding right and back again",
+    ),
+    "moving up and back": ("moving up and back", "moving upwards and back", "rising and coming back down"),
+    "moving down and back": (
+        "moving down and back",
+        "moving downwards and back",
+        "sinking and coming back up",
+    ),
+    "growing then shrinking": (
+        "growing then shrinking",
+        "growing and then shrinking",
+        "getting bigger then smaller",
+    ),
+    "shrinking then growing": (
+        "shrinking then growing",
+        "shrinking and then growing",
+        "getting smaller then bigger",
+    ),
+    "bouncing slowly": ("bouncing slowly", "slowly bouncing", "bouncing up and down slowly"),
+    "bouncing quickly": ("bouncing quickly", "quickly bouncing", "bouncing up and down fast"),
+}
+BOUNCE_PERIOD_QUICK = (8.0, 11.0)  # frames per bounce of "bouncing quickly"
+BOUNCE_PERIOD_SLOW = (20.0, 26.0)  # frames per bounce of "bouncing slowly"
+BOUNCE_PERIOD_SPLIT = 15.0  # the probe reads a period below this as quick, above as slow
+
 # ``{motion}`` takes one of MOTION_PHRASES; the first template uses the canonical phrase.
 VIDEO_TEMPLATES: tuple[str, ...] = (
     "a {colour} {shape} {motion} on a {background} background",
@@ -103,6 +152,8 @@ def caption_grammar() -> dict[str, Any]:
         "colours": tuple(COLOURS),
         "motions": MOTIONS,
         "motion_phrases": dict(MOTION_PHRASES),
+        "long_motions": LONG_MOTIONS,
+        "long_motion_phrases": dict(LONG_MOTION_PHRASES),
         "video_templates": VIDEO_TEMPLATES,
         "image_templates": IMAGE_TEMPLATES,
     }
@@ -126,6 +177,34 @@ def check_motion_mix(
             f"{MOTIONS}, got {list(motion_mix)}"
         )
     return shares
+
+
+def check_long_motions(
+    long_share: float, long_mix: Sequence[float] | None, names: tuple[str, str] = ("long_share", "long_mix")
+) -> tuple[float, tuple[float, ...] | None]:
+    """(share in [0, 1], None or one share >= 0 per entry of LONG_MOTIONS with a positive sum); ValueError
+    naming the argument otherwise."""
+    share = float(long_share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(
+            f"{names[0]} must be in [0, 1] (the share of clips with a long motion), got {long_share}"
+        )
+    if long_mix is None:
+        return share, None
+    shares = tuple(float(w) for w in long_mix)
+    if len(shares) != len(LONG_MOTIONS) or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(
+            f"{names[1]} must be None or {len(LONG_MOTIONS)} shares >= 0 with a positive sum, one per long "
+            f"motion {LONG_MOTIONS}, got {list(long_mix)}"
+        )
+    return share, shares
+
+
+def random_long_motion(rng: np.random.Generator, long_mix: Sequence[float] | None = None) -> str:
+    """One of LONG_MOTIONS, drawn with the relative shares ``long_mix`` (None: uniform)."""
+    if long_mix is None:
+        return str(rng.choice(LONG_MOTIONS))
+    return str(rng.choice(LONG_MOTIONS, p=np.asarray(long_mix, dtype=np.float64) / sum(long_mix)))
 
 
 def random_attributes(
@@ -160,9 +239,9 @@ def make_caption(attributes: dict[str, str], template: int = 0, phrase: int = 0)
         raise ValueError(f"template must be in [0, {len(templates) - 1}], got {template}")
     words = {k: attributes[k] for k in ("background", "shape", "colour")}
     if templates is VIDEO_TEMPLATES:
-        if motion not in MOTION_PHRASES:
-            raise ValueError(f"motion must be one of {MOTIONS} or {STATIC!r}, got {motion!r}")
-        phrases = MOTION_PHRASES[motion]
+        if motion not in MOTION_PHRASES and motion not in LONG_MOTION_PHRASES:
+            raise ValueError(f"motion must be one of {MOTIONS + LONG_MOTIONS} or {STATIC!r}, got {motion!r}")
+        phrases = MOTION_PHRASES.get(motion) or LONG_MOTION_PHRASES[motion]
         if not 0 <= phrase < len(phrases):
             raise ValueError(f"phrase must be in [0, {len(phrases) - 1}], got {phrase}")
         words["motion"] = phrases[phrase]
@@ -178,16 +257,15 @@ def random_caption(rng: np.random.Generator, mode: str = "video") -> tuple[str, 
 def _caption_from_rng(attributes: dict[str, str], rng: np.random.Generator) -> str:
     templates = IMAGE_TEMPLATES if attributes["motion"] == STATIC else VIDEO_TEMPLATES
     template = int(rng.integers(len(templates)))
-    phrase = (
-        0 if attributes["motion"] == STATIC else int(rng.integers(len(MOTION_PHRASES[attributes["motion"]])))
-    )
+    motion = attributes["motion"]
+    phrase = 0 if motion == STATIC else int(rng.integers(len(_ALL_PHRASES[motion])))
     return make_caption(attributes, template, phrase)
 
 
-# Longest phrase first, so "moving to the left" is not read as a shorter phrase.
-_PHRASE_TO_MOTION = sorted(
-    ((p, m) for m, ps in MOTION_PHRASES.items() for p in ps), key=lambda pm: -len(pm[0])
-)
+_ALL_PHRASES = {**MOTION_PHRASES, **LONG_MOTION_PHRASES}
+# Longest phrase first, so "moving to the left" (or "moving left and back") is not read as a
+# shorter phrase. The sort is stable: the short motions' phrases keep their order.
+_PHRASE_TO_MOTION = sorted(((p, m) for m, ps in _ALL_PHRASES.items() for p in ps), key=lambda pm: -len(pm[0]))
 
 
 def parse_caption(caption: str) -> dict[str, str | None]:
@@ -285,6 +363,9 @@ def sample_trajectory(
             return margin + above * size, height - margin - below * size
         return margin + size / 2, width - margin - size / 2
 
+    if motion in LONG_MOTIONS:
+        return _long_trajectory(rng, motion, t, short, free_range)
+
     if motion in ("growing", "shrinking"):
         small = rng.uniform(*GROW_SMALL_RANGE) * short
         large = rng.uniform(*GROW_LARGE_RANGE) * short
@@ -322,6 +403,53 @@ def sample_trajectory(
     return cx, cy, size
 
 
+def _long_trajectory(
+    rng: np.random.Generator,
+    motion: str,
+    t: np.ndarray,  # [f] clip time in [0, 1]
+    short: float,  # the shorter frame side, pixels
+    free_range: Any,  # (size, vertical) -> (lo, hi) centroid interval that keeps the shape inside
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cx, cy, size), each [f] in pixels, of one of LONG_MOTIONS: out and back over the clip
+    (sin^2 of half a turn: still at both ends, turning at the middle), or bounces of a fixed period
+    in frames, as many as the clip holds."""
+    num_frames = len(t)
+    there_and_back = np.sin(np.pi * t) ** 2  # 0 -> 1 -> 0
+    if motion in ("growing then shrinking", "shrinking then growing"):
+        small = rng.uniform(*GROW_SMALL_RANGE) * short
+        large = rng.uniform(*GROW_LARGE_RANGE) * short
+        phase = there_and_back if motion == "growing then shrinking" else 1 - there_and_back
+        size = small * (large / small) ** phase
+        cx = np.full(num_frames, rng.uniform(*free_range(large, False)))
+        cy = np.full(num_frames, rng.uniform(*free_range(large, True)))
+        return cx, cy, size
+    s = rng.uniform(*SIZE_RANGE) * short
+    size = np.full(num_frames, s)
+    (x_lo, x_hi), (y_lo, y_hi) = free_range(s, False), free_range(s, True)
+    cx = np.full(num_frames, rng.uniform(x_lo, x_hi))
+    cy = np.full(num_frames, rng.uniform(y_lo, y_hi))
+    if motion.endswith("and back"):
+        horizontal = motion in ("moving left and back", "moving right and back")
+        lo, hi = (x_lo, x_hi) if horizontal else (y_lo, y_hi)
+        travel = rng.uniform(*TRAVEL_RANGE) * (hi - lo)
+        start = rng.uniform(lo, hi - travel)
+        path = start + travel * there_and_back
+        if motion in ("moving left and back", "moving up and back"):
+            path = (2 * start + travel) - path  # mirrored: out towards lo, then back
+        if horizontal:
+            cx = path
+        else:
+            cy = path
+        return cx, cy, size
+    # Bouncing at a steady period (frames per bounce), one arch of |sin| per bounce.
+    amplitude = rng.uniform(*BOUNCE_AMPLITUDE_RANGE) * (y_hi - y_lo)
+    floor = rng.uniform(y_lo + amplitude, y_hi)
+    period = rng.uniform(*(BOUNCE_PERIOD_QUICK if motion == "bouncing quickly" else BOUNCE_PERIOD_SLOW))
+    frames = np.arange(num_frames, dtype=np.float64)
+    cy = floor - amplitude * np.abs(np.sin(np.pi * frames / period + rng.uniform(0, 0.25) * np.pi))
+    return cx, cy, size
+
+
 class MovingShapes(Dataset):
     """Procedural moving-shapes clips; item i depends only on (seed, i).
 
@@ -337,6 +465,9 @@ class MovingShapes(Dataset):
         seed: int = 0,  # item i is drawn from numpy default_rng([seed, i])
         mode: str = "video",  # "video": moving clips; "image": single frames, captions without motion
         motion_mix: Sequence[float] | None = None,  # shares of MOTIONS in order; None: uniform
+        long_share: float = 0.0,  # share of clips with one of LONG_MOTIONS (long clips; 0: none)
+        long_mix: Sequence[float] | None = None,  # shares of LONG_MOTIONS in order; None: uniform
+        frame_step: int = 1,  # every frame_step-th frame of a num_frames * frame_step clip (keyframes)
     ) -> None:
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -348,6 +479,12 @@ class MovingShapes(Dataset):
         self.motion_mix = check_motion_mix(motion_mix)
         if self.motion_mix is not None and mode != "video":
             raise ValueError(f"motion_mix applies to mode 'video' only, not {mode!r}")
+        self.long_share, self.long_mix = check_long_motions(long_share, long_mix)
+        if frame_step < 1:
+            raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+        self.frame_step = int(frame_step)
+        if (self.long_share > 0 or self.long_mix is not None) and mode != "video":
+            raise ValueError(f"long_share and long_mix apply to mode 'video' only, not {mode!r}")
         self.length = int(length)
         self.num_frames = 1 if mode == "image" else int(num_frames)
         self.height, self.width = parse_resolution(resolution, min_side=8)
@@ -364,8 +501,15 @@ class MovingShapes(Dataset):
         index %= self.length
         rng = np.random.default_rng([self.seed, index])
         attributes = random_attributes(rng, self.mode, self.motion_mix)
+        # No draw at all when long_share is 0: the data streams of the 16-frame stages are unchanged.
+        if self.long_share > 0 and rng.random() < self.long_share:
+            attributes["motion"] = random_long_motion(rng, self.long_mix)
         caption = _caption_from_rng(attributes, rng)
-        cx, cy, size = sample_trajectory(rng, attributes, self.num_frames, self.height, self.width)
+        # frame_step > 1: the keyframes of a longer clip (a keyframe model of a cascade, issue 33).
+        span = self.num_frames * self.frame_step
+        cx, cy, size = sample_trajectory(rng, attributes, span, self.height, self.width)
+        if self.frame_step > 1:
+            cx, cy, size = cx[:: self.frame_step], cy[:: self.frame_step], size[:: self.frame_step]
         frames = render_clip(attributes, cx, cy, size, self.height, self.width)
         return frames, caption, attributes
 

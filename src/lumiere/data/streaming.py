@@ -106,7 +106,8 @@ def index_shard(path: str) -> list[_Entry]:
     return out
 
 
-def _read_member(path: str, where: tuple[int, int]) -> bytes:
+def read_member(path: str, where: tuple[int, int]) -> bytes:
+    """The bytes of one tar member at ``where`` = (offset, size), as ``index_shard`` located it."""
     with open(path, "rb") as handle:
         handle.seek(where[0])
         return handle.read(where[1])
@@ -285,13 +286,13 @@ class StreamingClips(IterableDataset):
         times = meta["start"] + steps / self.fps
         video_ext = next(ext for ext in entry.members if ext not in _META_MEMBERS)
         try:
-            frames = decode_window(_read_member(path, entry.members[video_ext]), meta, times, (height, width))
+            frames = decode_window(read_member(path, entry.members[video_ext]), meta, times, (height, width))
         except _Skip:
             raise
         except (av.FFmpegError, EOFError, OSError, ValueError, MemoryError, IndexError) as error:
             raise _Skip("unreadable", f"{type(error).__name__}: {error}") from error
         video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # [f,h,w,3] -> [3,f,h,w]
-        caption = _read_member(path, entry.members["txt"]).decode("utf-8") if "txt" in entry.members else ""
+        caption = read_member(path, entry.members["txt"]).decode("utf-8") if "txt" in entry.members else ""
         return {
             "video": resize_and_crop(video, height, width).clamp(-1, 1),
             "caption": caption,

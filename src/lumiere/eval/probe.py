@@ -65,6 +65,9 @@ class ProbeResult:
     )
     colour_drift: float  # RMS distance of each frame's mean object colour from their mean ([0, 1] RGB)
     details: dict[str, float] = field(default_factory=dict)  # motion features, for debugging
+    # [f, 3] per-frame median colour of the foreground pixels ([0, 1]; the background colour where a
+    # frame has none): colour over time, for long clips (lumiere.eval.long_clips)
+    frame_colours: np.ndarray | None = None
 
     def attributes(self) -> dict[str, str]:
         """{background, shape, colour, motion} as read."""
@@ -133,18 +136,30 @@ def _span_fill(mask: np.ndarray) -> float:
     return min(rows(mask), rows(mask.transpose(0, 2, 1)))
 
 
-def _reversals(y: np.ndarray, hysteresis: float) -> int:
-    """Changes of direction of y, each counted once y has moved ``hysteresis`` back from its extreme."""
-    count, direction, extreme = 0, 0, float(y[0])
-    for v in map(float, y[1:]):
+def turning_points(y: np.ndarray, hysteresis: float) -> tuple[list[int], list[int]]:
+    """The runs of y [f] that go one way: (their directions, +1 up / -1 down, in order; the frame of
+    the extreme at each change of direction). A change counts once y has moved ``hysteresis`` back
+    from its extreme, so jitter smaller than that is not a turn."""
+    directions: list[int] = []
+    turns: list[int] = []
+    direction, extreme, at = 0, float(y[0]), 0
+    for i, v in enumerate(map(float, y[1:]), start=1):
         if direction == 0:
             if abs(v - y[0]) >= hysteresis:
-                direction, extreme = (1 if v > y[0] else -1), v
+                direction, extreme, at = (1 if v > y[0] else -1), v, i
+                directions.append(direction)
         elif direction * (v - extreme) > 0:
-            extreme = v  # still going the same way
+            extreme, at = v, i  # still going the same way
         elif abs(v - extreme) >= hysteresis:
-            direction, extreme, count = -direction, v, count + 1
-    return count
+            turns.append(at)
+            direction, extreme, at = -direction, v, i
+            directions.append(direction)
+    return directions, turns
+
+
+def _reversals(y: np.ndarray, hysteresis: float) -> int:
+    """Changes of direction of y, each counted once y has moved ``hysteresis`` back from its extreme."""
+    return len(turning_points(y, hysteresis)[1])
 
 
 def _box_fill(mask: np.ndarray) -> np.ndarray:
@@ -235,6 +250,9 @@ def probe_clip(
 
     # Per-frame colour and temporal consistency outside the object.
     per_frame_colour = np.stack([frames[i][mask[i]].mean(axis=0) if mask[i].any() else bg for i in range(f)])
+    frame_colours = np.stack(
+        [np.median(frames[i][mask[i]], axis=0) if mask[i].any() else bg for i in range(f)]
+    )
     drift = np.linalg.norm(per_frame_colour - per_frame_colour.mean(axis=0), axis=1)  # [f]
     colour_drift = float(np.sqrt((drift**2).mean()))
     if f > 1:
@@ -322,6 +340,7 @@ def probe_clip(
             "span_fill": span_fill,
             "contrast": contrast,
         },
+        frame_colours=frame_colours,
     )
 
 

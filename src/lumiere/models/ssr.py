@@ -3,7 +3,8 @@
 The SSR network is a STUNet inflated *without* temporal resizing (it sees every frame at every
 level, so it can run on windows of any length) and conditioned on the low-resolution clip:
 
-1. the low-res clip ``[b, 3, f, h, w]`` is upsampled bilinearly to the high-res size;
+1. the low-res clip ``[b, 3, f, h, w]`` is upsampled to the high-res size (bilinear, or bicubic
+   for an SSR trained so: ``UPSAMPLE_MODES``);
 2. it is noise-augmented, ``sqrt(a) * x + sqrt(1 - a) * eps`` with ``a = alphas_cumprod[level]``
    of the training noise schedule (conditioning augmentation, Ho et al. 2021, "Cascaded Diffusion
    Models for High Fidelity Image Generation", Sec. 3.2): a level drawn per clip in training, a
@@ -33,6 +34,7 @@ from lumiere.models.stunet import STUNet
 
 SSR_CONDITION_CHANNELS = 3  # the upsampled low-res RGB clip
 SAMPLING_NOISE_LEVEL = 20  # augmentation level at sampling (SD x4 upscaler's default); a timestep
+UPSAMPLE_MODES = ("bilinear", "bicubic")  # how the low-res clip is upsampled (model.ssr_upsample)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,24 +91,34 @@ def downsample_video(video: torch.Tensor, scale: int) -> torch.Tensor:
     return rearrange(frames, "(b f) c h w -> b c f h w", b=video.shape[0])
 
 
-def upsample_video(video: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[b, c, f, h, w] -> [b, c, f, H, W]``, bilinear (``align_corners=False``), frame by frame."""
+def check_upsample_mode(mode: str, name: str = "ssr_upsample") -> str:
+    """``mode`` if it is one of ``UPSAMPLE_MODES``, else ``ValueError`` naming ``name``."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"{name}={mode!r}: must be one of {list(UPSAMPLE_MODES)}")
+    return mode
+
+
+def upsample_video(video: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """``[b, c, f, h, w] -> [b, c, f, H, W]``, bilinear or bicubic (``align_corners=False``; bicubic
+    is PyTorch's a = -0.75 kernel, and may overshoot the input's range at edges), frame by frame."""
+    check_upsample_mode(mode, "mode")
     frames = rearrange(video, "b c f h w -> (b f) c h w")
-    frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+    frames = F.interpolate(frames, size=size, mode=mode, align_corners=False)
     return rearrange(frames, "(b f) c h w -> b c f h w", b=video.shape[0])
 
 
-def residual_over_bilinear(high_res: torch.Tensor, scale: int) -> torch.Tensor:
-    """``[b, c, f, H, W]`` -> the clip minus the bilinear upsample of its area-downsampled copy.
+def residual_over_upsample(high_res: torch.Tensor, scale: int, mode: str = "bilinear") -> torch.Tensor:
+    """``[b, c, f, H, W]`` -> the clip minus the ``mode`` upsample of its area-downsampled copy.
 
     What a residual SSR (``model.ssr_residual``) diffuses instead of the high-res clip: the detail
-    bilinear upsampling misses. Sampling adds ``upsample_video(low_res, (H, W))`` back, so a residual
-    of zero is exactly bilinear upsampling. (Residual targets for diffusion super-resolution: Li et
-    al. 2022, "SRDiff", Sec. 3.2; Yue et al. 2023, "ResShift".) A deviation from Lumiere, which
-    does not say what its SSR diffuses; off by default.
+    the interpolation misses. Sampling adds ``upsample_video(low_res, (H, W), mode)`` back, so a
+    residual of zero is exactly that interpolation: an SSR over bicubic (``model.ssr_upsample``)
+    starts from the better of the two classic upsamplers on real footage (docs/data.md). (Residual
+    targets for diffusion super-resolution: Li et al. 2022, "SRDiff", Sec. 3.2; Yue et al. 2023,
+    "ResShift".) A deviation from Lumiere, which does not say what its SSR diffuses; off by default.
     """
     low_res = downsample_video(high_res, scale)
-    return high_res - upsample_video(low_res, tuple(high_res.shape[-2:]))
+    return high_res - upsample_video(low_res, tuple(high_res.shape[-2:]), mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,13 +158,14 @@ def make_condition(
     noise_level: torch.Tensor,
     noise: torch.Tensor,
     alphas_cumprod: torch.Tensor,
+    mode: str = "bilinear",
 ) -> SSRCondition:
     """Low-res clip ``[b, 3, f, h, w]`` in [-1, 1] -> ``SSRCondition`` at high-res ``size`` (H, W).
 
     ``noise`` is ``[b, 3, f, H, W]`` (augmentation is applied after upsampling, at the resolution
-    the network sees); ``noise_level`` ``[b]``.
+    the network sees); ``noise_level`` ``[b]``; ``mode`` the upsampling (``UPSAMPLE_MODES``).
     """
-    upsampled = upsample_video(low_res, size)  # [b, 3, f, H, W]
+    upsampled = upsample_video(low_res, size, mode)  # [b, 3, f, H, W]
     if noise.shape != upsampled.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(upsampled.shape)}")
     return SSRCondition(augment(upsampled, noise, noise_level, alphas_cumprod), noise_level)

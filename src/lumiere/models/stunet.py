@@ -7,7 +7,9 @@ visible submodules (``print(stunet)`` shows the whole architecture):
 - ``FactorizedSpaceTimeConv`` after every spatial layer of every level except the coarsest;
 - ``TemporalAttentionBlock`` stacked at the coarsest level (the mid block);
 - ``TemporalDownsample`` after each spatial downsampler and ``TemporalUpsample`` after each
-  spatial upsampler, so the network compresses time as well as space.
+  spatial upsampler, so the network compresses time as well as space;
+- optionally (long clips), a ``CoarseTemporalLevel`` below the mid block that halves time further
+  and attends over the whole clip there (``coarse_temporal_halvings``, ``deepen_time``).
 
 Every inserted block is residual with a zero-initialised output, and the temporal resizers are
 initialised to nearest-neighbour resampling (App. B), so on a video whose frames are all the same
@@ -200,14 +202,18 @@ class TemporalAttentionBlock(InsertedModule):
         tokens = tokens + self.frame_positions(num_frames, tokens)
         tokens = tokens + self.attn(self.norm_attn(tokens))
         if self.cross_attn is not None:
-            # One copy of the clip's text per pixel: [(b f), n, d] -> [(b h w), n, d].
+            # Each query attends to the text on its own (one softmax per query), so every token of
+            # a clip can query the clip's text in one sequence, [(b h w), f, c] -> [b, (h w f), c]:
+            # the same result as one copy of the text per pixel, without h*w copies of the text
+            # and of its keys and values (issue 34: ~7% of the SSR's FLOPs at 64x64).
             pixels = height * width
-            text = text[::num_frames].repeat_interleave(pixels, 0)
-            if text_mask is not None:
-                text_mask = text_mask[::num_frames].repeat_interleave(pixels, 0)
-            tokens = tokens + self.cross_attn(
-                self.norm_cross(tokens), encoder_hidden_states=text, attention_mask=text_mask
+            queries = rearrange(self.norm_cross(tokens), "(b p) f c -> b (p f) c", p=pixels)
+            attended = self.cross_attn(
+                queries,
+                encoder_hidden_states=text[::num_frames],  # [b, n, d]: the clip's text, once
+                attention_mask=None if text_mask is None else text_mask[::num_frames],  # [b, 1, n]
             )
+            tokens = tokens + rearrange(attended, "b (p f) c -> (b p) f c", p=pixels)
         tokens = tokens + self.ff(self.norm_ff(tokens))
         tokens = self.proj_out(tokens)
         delta = rearrange(tokens, "(b h w) f c -> (b f) c h w", h=height, w=width)
@@ -460,11 +466,17 @@ class SpaceTimeDownBlock(_SpaceTimeLevel):
     def resizers(self) -> tuple[nn.ModuleList, InsertedModule | None]:
         return self.spatial.downsamplers, self.temporal_downsampler
 
-    def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
+    def layers(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
+        """The level's layers without its resizing: ``[(b f), c_in, h, w] -> [(b f), c_out, h, w]``
+        and the skip activation of each layer."""
         skips = []
         for index in range(len(self.spatial.resnets)):
             hidden_states = self.run_layer(index, hidden_states, conditioning, num_frames)
             skips.append(hidden_states)
+        return hidden_states, skips
+
+    def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
+        hidden_states, skips = self.layers(hidden_states, conditioning, num_frames)
         if self.spatial.downsamplers is not None:
             hidden_states = self.checkpointed(self.resize, hidden_states, conditioning, num_frames)
             if self.temporal_downsampler is not None:
@@ -507,6 +519,71 @@ class SpaceTimeMidBlock(_CheckpointedLayers):
         for index in range(num_layers):
             hidden_states = self.run_layer(index, hidden_states, conditioning, num_frames)
         return hidden_states
+
+
+class ZeroProjection(InsertedModule):
+    """A 1x1 conv with zero weights: the output of a residual branch that starts switched off
+    (Sec. 3.1). ``[(b f), c, h, w] -> [(b f), c, h, w]``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.conv(hidden_states)
+
+
+class CoarseTemporalLevel(_CheckpointedLayers):
+    """A temporal-only level below the mid block, for long clips (our addition; Sec. 3.1's modules).
+
+    The paper halves time at every spatial resizing of its base U-Net, so the coarsest level sees
+    its 80 frames compactly. Our 32x32 U-Net has two spatial resizings: 80 frames reach the mid
+    block as 20. This level halves time ``halvings`` more times (``TemporalDownsample``, nearest
+    neighbour at init, App. B), runs temporal attention over what is left (5 frames of 80, one a
+    second at 16 fps), doubles time back (``TemporalUpsample``) and adds the result to the mid
+    block's output through a ``ZeroProjection``: at initialisation the level adds exactly zero, so
+    a deepened model is the model it was made from, on any clip.
+
+    ``[(b f), c, h, w] -> [(b f), c, h, w]``; ``f`` must be a multiple of ``2 ** halvings``.
+    """
+
+    def __init__(
+        self,
+        channels: int,  # the mid block's width
+        halvings: int,  # extra halvings of time below the mid block
+        num_layers: int,  # temporal attention blocks at the coarsest frame count
+        num_heads: int,
+        kernel_size: int,
+        norm_groups: int,
+        text_dim: int | None,  # width of the text states the attention reads (None: no text)
+    ):
+        super().__init__()
+        if halvings < 1:
+            raise ValueError(f"coarse_temporal_halvings must be >= 1 for a coarse level, got {halvings}")
+        self.downsamplers = nn.ModuleList(TemporalDownsample(channels, kernel_size) for _ in range(halvings))
+        self.temporal_attentions = nn.ModuleList(
+            TemporalAttentionBlock(channels, num_heads, norm_groups, text_dim) for _ in range(num_layers)
+        )
+        self.upsamplers = nn.ModuleList(TemporalUpsample(channels, kernel_size) for _ in range(halvings))
+        self.proj_out = ZeroProjection(channels)
+
+    def attend(self, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int):
+        """Down in time, temporal attention, up again: ``[(b f), c, h, w] -> [(b f), c, h, w]``."""
+        for downsample in self.downsamplers:
+            hidden_states = downsample(hidden_states, num_frames)
+            num_frames //= 2
+        _, text, text_mask = conditioning.at(num_frames)
+        for block in self.temporal_attentions:
+            hidden_states = block(hidden_states, num_frames, text, text_mask)
+        for upsample in self.upsamplers:
+            hidden_states = upsample(hidden_states, num_frames)
+            num_frames *= 2
+        return self.proj_out(hidden_states)
+
+    def forward(self, hidden_states, conditioning: FrameConditioning, num_frames: int):
+        return hidden_states + self.checkpointed(self.attend, hidden_states, conditioning, num_frames)
 
 
 class SpaceTimeUpBlock(_SpaceTimeLevel):
@@ -629,6 +706,8 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         extra_in_channels: int = 0,  # conditioning channels added to the input by widen_input
         noise_level_conditioning: bool = False,  # embed a conditioning-augmentation level (SSR)
         temporal_cross_attention: bool = True,  # temporal attention blocks also attend to the text
+        coarse_temporal_halvings: int = 0,  # long clips: halvings of time below the mid block (CoarseTemporalLevel); 0: none
+        coarse_temporal_layers: int = 2,  # temporal attention blocks of that level
     ):
         super().__init__()
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
@@ -683,6 +762,11 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
             norm_groups,
             text_dim if temporal_cross_attention else None,
         )
+        self.coarse_level = (
+            self.make_coarse_level(coarse_temporal_halvings, coarse_temporal_layers)
+            if coarse_temporal_halvings
+            else None
+        )
         # Up block k's upsampler undoes down block (n - 2 - k)'s downsampler.
         n = len(image_model.up_blocks)
         self.up_blocks = nn.ModuleList(
@@ -694,6 +778,21 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         self.conv_norm_out = image_model.conv_norm_out
         self.conv_act = image_model.conv_act
         self.conv_out = image_model.conv_out
+
+    def make_coarse_level(self, halvings: int, num_layers: int) -> CoarseTemporalLevel:
+        """A ``CoarseTemporalLevel`` at the mid block's width, with the heads, kernel and text width
+        of the model's other temporal modules (``config``: registered before ``__init__`` runs)."""
+        text_dim = self.image_config.cross_attention_dim
+        text_dim = text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim  # the mid block's
+        return CoarseTemporalLevel(
+            self.mid_block.spatial.resnets[0].out_channels,
+            halvings,
+            num_layers,
+            self.config.temporal_attention_heads,
+            self.config.temporal_kernel_size,
+            self.image_config.norm_num_groups or 32,
+            text_dim if self.config.temporal_cross_attention else None,
+        )
 
     # ----- inflation ------------------------------------------------------------------------
 
@@ -765,6 +864,25 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         self.conv_in = _widened_conv(self.conv_in, extra_channels)
         self.register_to_config(extra_in_channels=self.config.extra_in_channels + extra_channels)
 
+    def deepen_time(self, halvings: int = 2, num_layers: int = 2) -> None:
+        """Model surgery for long clips: add a ``CoarseTemporalLevel`` below the mid block (time
+        halved ``halvings`` more times, ``num_layers`` temporal attention blocks there). Its output
+        projection is zero, so the model gives exactly the same output as before on every clip; the
+        frame count must then be a multiple of the new ``temporal_factor``. Saved in the config
+        (``coarse_temporal_halvings``), so ``from_pretrained`` builds the deepened model."""
+        if self.coarse_level is not None:
+            raise ValueError(
+                f"this STUNet already has a coarse temporal level ({len(self.coarse_level.downsamplers)} halvings)"
+            )
+        if halvings < 1 or num_layers < 0:
+            raise ValueError(f"need halvings >= 1 and num_layers >= 0, got {halvings} and {num_layers}")
+        parameter = next(self.parameters())
+        self.coarse_level = self.make_coarse_level(halvings, num_layers).to(parameter.device, parameter.dtype)
+        if self.gradient_checkpointing:
+            self.coarse_level._gradient_checkpointing_func = self._gradient_checkpointing_func
+            self.coarse_level.gradient_checkpointing = True
+        self.register_to_config(coarse_temporal_halvings=halvings, coarse_temporal_layers=num_layers)
+
     # ----- attention interface --------------------------------------------------------------
 
     def fuse_qkv_projections(self) -> None:
@@ -815,8 +933,12 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
 
     @property
     def temporal_factor(self) -> int:
-        """Frames must be a multiple of this: 2 ** (number of temporal downsamplings)."""
-        return 2 ** sum(block.temporal_downsampler is not None for block in self.down_blocks)
+        """Frames must be a multiple of this: 2 ** (number of temporal downsamplings, the coarse
+        level's included)."""
+        halvings = sum(block.temporal_downsampler is not None for block in self.down_blocks)
+        if self.coarse_level is not None:
+            halvings += len(self.coarse_level.downsamplers)
+        return 2**halvings
 
     @property
     def spatial_factor(self) -> int:
@@ -883,6 +1005,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
+        deep_cache: DeepFeatureCache | None = None,
     ) -> STUNetOutput | tuple[torch.Tensor]:
         """Predict from a noisy video.
 
@@ -892,6 +1015,8 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         there: class_labels ``[b]`` (e.g. the noise level of IF stage II or the x4 upscaler),
         timestep_cond ``[b, time_cond_proj_dim]``, added_cond_kwargs (SDXL: ``text_embeds [b, d]``,
         ``time_ids [b, k]``), cross_attention_kwargs (passed to the image model's attentions).
+        deep_cache: sampling only, a ``DeepFeatureCache`` whose deep features the call keeps, or
+        reuses (then only the first level runs; DeepCache, Ma et al. 2024).
         """
         self.check_input(sample)
         batch, _, num_frames = sample.shape[:3]
@@ -939,16 +1064,28 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         hidden_states = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))
         skips = [hidden_states]
 
-        # 4. Down: space and (where configured) time are halved.
-        for block in self.down_blocks:
-            hidden_states, num_frames, block_skips = block(hidden_states, conditioning, num_frames)
-            skips.extend(block_skips)
+        up_blocks = list(self.up_blocks)
+        if deep_cache is not None and deep_cache.reuse:
+            # 4-5 (DeepCache). The first level's layers only; the deep path's output is the kept one.
+            hidden_states, level_skips = self.down_blocks[0].layers(hidden_states, conditioning, num_frames)
+            skips.extend(level_skips)
+            hidden_states, up_blocks = deep_cache.take(hidden_states), up_blocks[-1:]
+        else:
+            # 4. Down: space and (where configured) time are halved.
+            for block in self.down_blocks:
+                hidden_states, num_frames, block_skips = block(hidden_states, conditioning, num_frames)
+                skips.extend(block_skips)
 
-        # 5. Coarsest level: image mid block, then temporal attention.
-        hidden_states = self.mid_block(hidden_states, conditioning, num_frames)
+            # 5. Coarsest level: image mid block, then temporal attention (and, in a deepened model,
+            #    the temporal-only level below it, added as a residual).
+            hidden_states = self.mid_block(hidden_states, conditioning, num_frames)
+            if self.coarse_level is not None:
+                hidden_states = self.coarse_level(hidden_states, conditioning, num_frames)
 
         # 6. Up: each layer takes the skip at its own space-time resolution.
-        for block in self.up_blocks:
+        for block in up_blocks:
+            if deep_cache is not None and not deep_cache.reuse and block is up_blocks[-1]:
+                deep_cache.features = hidden_states  # [(b f), c, h, w] what the last up block takes
             # The block gets its own skips (the last ones) as a list of their own: a wrapper that
             # copies a module's arguments (FSDP's fully_shard) would hide its pops from ``skips``.
             count = len(block.spatial.resnets)
@@ -961,6 +1098,34 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         if not return_dict:
             return (output,)
         return STUNetOutput(sample=output)
+
+
+@dataclass
+class DeepFeatureCache:
+    """DeepCache (Ma et al. 2024, "DeepCache: Accelerating Diffusion Models for Free") for a STUNet.
+
+    A U-Net's deep features change little between adjacent denoising steps, while the first,
+    full-resolution level is cheap on its own (the SSR at 64x64: ~14% of a call; the base: ~33%).
+    A call with ``reuse=False`` runs the whole network and keeps the input of its last up block;
+    a call with ``reuse=True`` runs only the first level (``conv_in``, the first down block's
+    layers, the last up block, the output head) on the kept features. One cache per stream of
+    calls on the same clip and batch (per MultiDiffusion window). An approximation: outputs of
+    reused calls differ from full calls (a quality switch, ``cache_interval`` of the pipeline).
+    """
+
+    reuse: bool = False  # this call: reuse the kept features (True), or run all and keep them
+    features: torch.Tensor | None = None  # [(b f), c, h, w] the last up block's input, from a full call
+
+    def take(self, first_level: torch.Tensor) -> torch.Tensor:
+        """The kept features, checked against the first level's activations ``[(b f), c, h, w]``."""
+        if self.features is None:
+            raise ValueError("deep_cache.reuse is True but the cache is empty: run a full call (reuse=False) first")
+        if self.features.shape[0] != first_level.shape[0] or self.features.shape[2:] != first_level.shape[2:]:
+            raise ValueError(
+                f"deep_cache holds features of shape {tuple(self.features.shape)}, from another batch or size "
+                f"than this call's [(b f), c, h, w] = {tuple(first_level.shape)}; use one cache per stream of calls"
+            )
+        return self.features
 
 
 class _ImageEmbeddings:

@@ -57,12 +57,13 @@ from lumiere.models.ssr import (
     SAMPLING_NOISE_LEVEL,
     SSRCondition,
     check_ssr_stunet,
+    check_upsample_mode,
     make_condition,
     noise_level_kwargs,
     ssr_model_input,
     upsample_video,
 )
-from lumiere.models.stunet import STUNet
+from lumiere.models.stunet import DeepFeatureCache, STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder, TextEncoding, load_text_encoder
 from lumiere.models.vae import (
     DEFAULT_VAE_BATCH_SIZE,
@@ -82,6 +83,7 @@ from lumiere.pipelines.multidiffusion import (
     temporal_windows,
 )
 from lumiere.pipelines.offload import MemoryOptionsMixin
+from lumiere.pipelines.speed import DeepCaches, check_cache_interval, check_guidance_end, guided_step_count
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,17 @@ MODEL_INDEX = "model_index.json"  # DiffusionPipeline.config_name
 OUTPUT_TYPES = ("np", "pt", "pil")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")  # diffusers' variance_type of a model predicting it
 SSR_WINDOW = 8  # default SSR window in frames: what the SSR model trains on (configs/recipe/12_ssr.yaml)
+# How a pipeline's SSR was trained and runs by default, saved in model_index.json, with the value a
+# pipeline saved before the key existed takes (LumierePipeline.__init__ checks each).
+SSR_SETTINGS: dict[str, Any] = {
+    "ssr_scale": 2,  # height and width factor (model.ssr_scale)
+    "ssr_residual": False,  # it denoises the detail over the interpolation (model.ssr_residual)
+    "ssr_latent": False,  # with a vae: it upsamples latents, not the decoded pixels
+    "ssr_upsample": "bilinear",  # the interpolation of its low-res input (model.ssr_upsample)
+    "ssr_residual_scale": 1.0,  # the detail's training scale (model.ssr_residual_scale)
+    "ssr_steps": None,  # default denoising steps; None: the base model's
+    "ssr_strength": 1.0,  # default share of the schedule from the noised interpolation; 1: from noise
+}
 
 # Samplers by CLI name: scheduler class and the arguments that make it that sampler.
 # "trailing" spacing starts sampling at the last training timestep, i.e. from pure noise
@@ -139,9 +152,10 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     scheduler over the training noise schedule; swap with
     ``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``), and ``ssr`` (the SSR
     ``STUNet``, ``lumiere.models.ssr``; None when absent). ``ssr_scale`` (saved in
-    model_index.json) is the SSR's upsampling factor; ``ssr_residual`` (saved there too) says the
-    SSR denoises the detail over the bilinear upsample (``models.ssr.residual_over_bilinear``),
-    which sampling adds back.
+    model_index.json) is the SSR's upsampling factor; ``ssr_upsample`` (saved there too) how the
+    low-res clip is interpolated to the SSR's input, "bilinear" or "bicubic"; ``ssr_residual``
+    (saved there too) says the SSR denoises the detail over that upsample
+    (``models.ssr.residual_over_upsample``), which sampling adds back.
 
     Inflated image models (``lumiere.pipelines.convert``, DeepFloyd IF) run as they were trained:
     the prediction type comes from the scheduler's config; with a learned variance (its
@@ -163,6 +177,10 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         ssr_residual: bool = False,
         vae: AutoencoderKL | None = None,
         ssr_latent: bool = False,
+        ssr_upsample: str = "bilinear",
+        ssr_residual_scale: float = 1.0,
+        ssr_steps: int | None = None,
+        ssr_strength: float = 1.0,
     ):
         super().__init__()
         if stunet is None and ssr is None:
@@ -184,7 +202,22 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr, vae=vae)
         if not isinstance(ssr_residual, bool):
             raise ValueError(f"ssr_residual={ssr_residual!r}: must be True or False")
-        self.register_to_config(ssr_scale=ssr_scale, ssr_residual=ssr_residual, ssr_latent=ssr_latent)
+        check_upsample_mode(ssr_upsample)
+        if isinstance(ssr_residual_scale, bool) or not ssr_residual_scale > 0:
+            raise ValueError(f"ssr_residual_scale={ssr_residual_scale!r}: must be a number > 0")
+        if ssr_steps is not None and (isinstance(ssr_steps, bool) or not isinstance(ssr_steps, int) or ssr_steps < 1):
+            raise ValueError(f"ssr_steps={ssr_steps!r}: must be None or an integer >= 1")
+        if isinstance(ssr_strength, bool) or not 0 < ssr_strength <= 1:
+            raise ValueError(f"ssr_strength={ssr_strength!r}: must be in (0, 1]")
+        self.register_to_config(
+            ssr_scale=ssr_scale,
+            ssr_residual=ssr_residual,
+            ssr_latent=ssr_latent,
+            ssr_upsample=ssr_upsample,
+            ssr_residual_scale=float(ssr_residual_scale),
+            ssr_steps=ssr_steps,
+            ssr_strength=float(ssr_strength),
+        )
 
     @classmethod
     def from_stunet(
@@ -193,10 +226,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         text_encoder: TextEncoder | None = None,  # default: MiniLM (load_text_encoder(None))
         scheduler: SchedulerMixin | None = None,  # default: DPM-Solver++ over the training schedule
         ssr: STUNet | None = None,  # SSR model (lumiere.models.ssr.build_ssr_stunet), optional
-        ssr_scale: int | None = None,  # the SSR's upsampling factor; default 2
-        ssr_residual: bool = False,  # the SSR denoises the detail over bilinear (model.ssr_residual)
         vae: AutoencoderKL | None = None,  # a latent model's autoencoder; None: pixel space
-        ssr_latent: bool = False,  # with a vae: the SSR upsamples latents (else the decoded pixels)
+        **ssr_settings: Any,  # ssr_scale=, ssr_residual=, ... (SSR_SETTINGS: how the SSR was trained and runs)
     ) -> LumierePipeline:
         """A pipeline around a STUNet (and an SSR), with default text encoder and sampler where not given."""
         return cls(
@@ -204,32 +235,26 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             text_encoder=text_encoder if text_encoder is not None else load_text_encoder(None),
             scheduler=scheduler if scheduler is not None else make_sampling_scheduler("dpm++"),
             ssr=ssr,
-            ssr_scale=2 if ssr_scale is None else ssr_scale,
-            ssr_residual=ssr_residual,
             vae=vae,
-            ssr_latent=ssr_latent,
+            **_check_ssr_settings(ssr_settings),
         )
 
     def with_ssr(self, upsampler: LumierePipeline) -> LumierePipeline:
         """A new pipeline: this one's base (``stunet``, ``text_encoder``, ``scheduler``) joined to
-        ``upsampler``'s SSR model, with its ``ssr_scale`` and ``ssr_residual``. How an SSR trained on
-        its own (``lumiere train`` stage ssr exports an upsampling-only pipeline) joins a base model:
+        ``upsampler``'s SSR model, with its settings (``SSR_SETTINGS``). How an SSR trained on its own (``lumiere train`` stage ssr exports an upsampling-only pipeline) joins a base model:
         ``base.with_ssr(LumierePipeline.from_pretrained(ssr_dir)).save_pretrained(out_dir)``."""
         if upsampler.ssr is None:
             raise ValueError("upsampler has no SSR model (ssr is None); pass a pipeline with an ssr/ folder")
         if self.stunet is None:
             raise ValueError("this pipeline has no base stunet to join the SSR model to")
-        # One keyword per component (shares only its shape with the CLI's keyword calls).
         return type(self)(
-            self.stunet,
-            self.text_encoder,
-            self.scheduler,
-            ssr=upsampler.ssr,
-            ssr_scale=upsampler.ssr_scale,
-            ssr_residual=upsampler.ssr_residual,
-            vae=self.vae,
-            ssr_latent=upsampler.ssr_latent,
+            self.stunet, self.text_encoder, self.scheduler, ssr=upsampler.ssr, vae=self.vae, **upsampler.ssr_settings()
         )
+
+    def ssr_settings(self) -> dict[str, Any]:
+        """How the SSR was trained and runs by default: every key of ``SSR_SETTINGS`` with this
+        pipeline's value (saved in ``model_index.json``; a pipeline saved before a key existed: its default)."""
+        return {key: self.config.get(key, default) for key, default in SSR_SETTINGS.items()}
 
     @property
     def ssr_scale(self) -> int:
@@ -240,6 +265,30 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     def ssr_residual(self) -> bool:
         """Whether the SSR denoises the high-res detail over bilinear (its training ``model.ssr_residual``)."""
         return bool(self.config.get("ssr_residual", False))
+
+    @property
+    def ssr_upsample(self) -> str:
+        """How the SSR's low-res input is interpolated, "bilinear" or "bicubic" (its training
+        ``model.ssr_upsample``; pipelines saved before it existed: bilinear)."""
+        return str(self.config.get("ssr_upsample", "bilinear"))
+
+    @property
+    def ssr_residual_scale(self) -> float:
+        """What a residual SSR's target detail was multiplied by in training (``model.ssr_residual_scale``),
+        so that it has about the spread of the data the noise schedule was made for; sampling divides
+        it back out. Pipelines saved before it existed: 1."""
+        return float(self.config.get("ssr_residual_scale", 1.0))
+
+    @property
+    def ssr_steps(self) -> int | None:
+        """The SSR's default denoising steps (``SSROptions.steps`` None takes it); None: the base model's."""
+        steps = self.config.get("ssr_steps")
+        return None if steps is None else int(steps)
+
+    @property
+    def ssr_strength(self) -> float:
+        """The SSR's default share of the schedule (``SSROptions.strength`` None takes it); 1: from noise."""
+        return float(self.config.get("ssr_strength", 1.0))
 
     @property
     def ssr_latent(self) -> bool:
@@ -345,10 +394,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             text_encoder=text_encoder,
             scheduler=scheduler,
             ssr=models["ssr"],
-            ssr_scale=int(index.get("ssr_scale", 2)),
-            ssr_residual=bool(index.get("ssr_residual", False)),
             vae=vae,
-            ssr_latent=bool(index.get("ssr_latent", False)),
+            **{key: index[key] for key in SSR_SETTINGS if key in index},
         )
         pipe.register_to_config(_name_or_path=str(directory))
         return pipe
@@ -499,6 +546,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         condition: SSRCondition | MaskCondition | None = None,  # SSR low-res clip, or base conditioning
         windows: Sequence[slice] | None = None,  # temporal windows (MultiDiffusion); None: one pass
         chunk_size: int = 1,  # windows per network call
+        caches: DeepCaches | None = None,  # DeepCache state of the denoising run; None: full calls
     ) -> torch.Tensor:
         """Guided network output ``[b, c, f, h, w]`` float32 at ``timestep``.
 
@@ -530,6 +578,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
                 None if uncond is None else uncond.map(tile),
                 guidance_scale,
                 noise_level,
+                None if caches is None else caches.cache(chunk_windows, guided=uncond is not None),
             )[:, :channels]
 
         if windows is None:
@@ -545,6 +594,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         uncond: TextEncoding | None,
         guidance_scale: float,
         noise_level: torch.Tensor | None,
+        deep_cache: DeepFeatureCache | None = None,
     ) -> torch.Tensor:
         """One network call with classifier-free guidance: ``[b, c_in, f, h, w] -> [b, c_out, f, h, w]``."""
         dtype = model.dtype
@@ -560,6 +610,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             encoder_attention_mask=text.mask,
             added_cond_kwargs=self._added_cond_kwargs(model, text, dtype),
             **noise_level_kwargs(model, noise_level),
+            **({} if deep_cache is None else {"deep_cache": deep_cache}),
         ).sample.float()
         if uncond is None:
             return output
@@ -594,6 +645,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         chunk_size: int = 1,  # windows per network call
         timesteps: torch.Tensor | None = None,  # the scheduler's steps to run; default all (SDEdit: the tail)
         known_pixels: KnownPixels | None = None,  # re-impose given pixels after every step (inpainting etc.)
+        cache_interval: int = 1,  # DeepCache: a full network call every N steps, the first level only between
+        guidance_end: float = 1.0,  # classifier-free guidance on this fraction of the steps, the first ones
     ) -> torch.Tensor:
         """Run the scheduler from noise ``[b, c, f, h, w]`` to a clean sample of the same shape.
 
@@ -602,8 +655,14 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         given pixels, noised to the level the sample has reached, replace the sample's there after
         every step (the replacement method of diffusers' inpainting pipelines; Lugmayr et al. 2022
         without resampling), and exactly after the last.
+
+        Speed switches that trade quality (issue 34; ``docs/speed.md``): ``cache_interval`` > 1
+        reuses the network's deep features between full calls (``DeepCaches``); ``guidance_end`` < 1
+        runs the last steps on the conditional branch alone (half the network's batch).
         """
         timesteps = self.scheduler.timesteps if timesteps is None else timesteps
+        caches = DeepCaches(cache_interval) if cache_interval > 1 else None
+        guided_steps = guided_step_count(len(timesteps), guidance_end) if uncond is not None else 0
         # Stochastic samplers draw noise in step(); diffusers schedulers take the generator(s)
         # as a keyword where they need them, and not all of them accept it.
         step_kwargs = {}
@@ -611,9 +670,11 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             step_kwargs["generator"] = list(generator) if isinstance(generator, tuple) else generator
         with self.progress_bar(total=len(timesteps)) as progress:
             for step, timestep in enumerate(timesteps):
-                model_output = self.predict(
-                    sample, timestep, cond, uncond, guidance_scale, model, condition, windows, chunk_size
-                )
+                if caches is not None:
+                    caches.reuse = step % cache_interval != 0
+                guided = step < guided_steps
+                model_output = self.predict(sample, timestep, cond, uncond if guided else None, guidance_scale,
+                                            model, condition, windows, chunk_size, caches)  # fmt: skip
                 sample = self.scheduler.step(model_output, timestep, sample, **step_kwargs).prev_sample
                 if known_pixels is not None:
                     following = timesteps[step + 1 : step + 2]  # the level the sample is now at; none: clean
@@ -659,6 +720,12 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
                     f"cannot take: the output {label} must be a positive multiple of {space}"
                 )
         chunk_size, steps, guidance_scale = options.chunk_size, options.steps, options.guidance_scale
+        check_cache_interval(options.cache_interval, name["cache_interval"])
+        if options.strength is not None and (isinstance(options.strength, bool) or not 0 < options.strength <= 1):
+            raise InvalidArgument(
+                name["strength"], "must be in (0, 1] (the share of the schedule the SSR runs; 1: from noise)",
+                options.strength,
+            )
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise InvalidArgument(
                 name["chunk_size"], "must be an integer >= 1 (windows per call)", chunk_size
@@ -721,15 +788,28 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         # 1. Timesteps and initial noise [b, c, f, H, W].
         self.scheduler.set_timesteps(options.steps, device=device)
         sample = self.prepare_noise(shape, generator, None, device)
+        timesteps = self.scheduler.timesteps
 
         # 2. Conditioning: the upsampled low-res clip, noise-augmented at a fixed level.
         augmentation = _randn_per_clip((batch, low_res.shape[1], *shape[2:]), generator, device)
         levels = torch.full((batch,), options.noise_level, dtype=torch.long, device=device)
         low_res = low_res.to(device=device, dtype=torch.float32)
-        condition = make_condition(low_res, size, levels, augmentation, _alphas_cumprod(self.scheduler))
+        condition = make_condition(
+            low_res, size, levels, augmentation, _alphas_cumprod(self.scheduler), self.ssr_upsample
+        )
         del augmentation
 
-        # 3. Denoising, window by window at every step (of the detail over bilinear, for a residual SSR).
+        # 2b. strength < 1: start from the interpolated clip (for a residual SSR: zero detail) noised
+        #     to the last ``strength`` of the schedule, as SDEdit starts from a given clip (Meng et al.
+        #     2022): the SSR only diffuses the fine detail, in fewer steps, at any ``steps``.
+        strength = self.ssr_strength if options.strength is None else options.strength
+        if strength < 1.0:
+            timesteps = self.sdedit_timesteps(options.steps, strength)
+            start = torch.zeros(shape, device=device) if self.ssr_residual else upsample_video(
+                low_res, size, self.ssr_upsample)  # fmt: skip
+            sample = self.scheduler.add_noise(start, sample / self.scheduler.init_noise_sigma, timesteps[:1])
+
+        # 3. Denoising, window by window at every step (of the detail over the upsample, for a residual SSR).
         sample = self.denoise(
             sample,
             cond,
@@ -741,9 +821,12 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             condition=condition,
             windows=windows,
             chunk_size=options.chunk_size,
+            cache_interval=options.cache_interval,
+            timesteps=timesteps,
         )
         if self.ssr_residual:
-            sample = sample + upsample_video(low_res.to(dtype=sample.dtype), size)
+            detail = sample / self.ssr_residual_scale
+            sample = detail + upsample_video(low_res.to(dtype=sample.dtype), size, self.ssr_upsample)
         return sample
 
     @torch.no_grad()
@@ -754,13 +837,14 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         window: int | None = SSR_WINDOW,  # frames per temporal window; None: the whole clip in one pass
         overlap: int = DEFAULT_OVERLAP,  # frames shared by neighbouring windows (paper: 2)
         chunk_size: int = 1,  # windows per network call: more is faster on a GPU, costs memory
-        num_inference_steps: int = 25,
+        num_inference_steps: int | None = None,  # None: the pipeline's ssr_steps, else 25
         guidance_scale: float = 1.0,  # the low-res clip fixes the content; <= 1 skips the unconditional pass
         negative_prompt: str | list[str] | None = None,  # default: the empty prompt
         noise_level: int = SAMPLING_NOISE_LEVEL,  # augmentation of the low-res clip (a timestep, 0: none)
         generator: torch.Generator | list[torch.Generator] | None = None,  # a list: one per clip
         output_type: str = "np",  # "np", "pt" or "pil"
         return_dict: bool = True,
+        strength: float | None = None,  # share of the schedule run from the noised interpolation; None: ssr_strength
     ) -> LumierePipelineOutput | tuple:
         """Upsample given clips ``ssr_scale`` times in height and width with the SSR model alone.
 
@@ -775,7 +859,9 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         prompts = _check_prompts(prompt)
         prompts = prompts * batch if len(prompts) == 1 else prompts
         _check_per_clip(prompts, negative_prompt, generator, output_type, batch, "clips")
-        options = SSROptions(window, overlap, chunk_size, num_inference_steps, guidance_scale, noise_level)
+        options = SSROptions(window, overlap, chunk_size, num_inference_steps, guidance_scale, noise_level,
+                             strength=strength)  # fmt: skip
+        options = self.resolve_ssr_options(options, 25)
         names = {field: field for field in SSROptions.fields()} | {"steps": "num_inference_steps"}
         factor = self.vae_scale_factor if self.ssr_latent else 1  # a latent SSR works on 8x smaller latents
         if height % factor or width % factor:
@@ -828,6 +914,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         keep_known: bool = True,  # re-impose the given pixels (first frame, unmasked region) at every step
         vae_batch_size: int = DEFAULT_VAE_BATCH_SIZE,  # latent pipelines: frames per VAE encode/decode call
         micro_conditioning: Sequence[float] | None = None,  # SDXL time ids; default (h, w, 0, 0, h, w)
+        cache_interval: int = 1,  # base model: a full network call every N steps (DeepCache); 1: always
+        guidance_end: float = 1.0,  # base model: guidance on the first fraction of the steps; 1.0: all
         **ssr_kwargs: Any,  # ssr_window=, ssr_overlap=, ssr_chunk_size=, ssr_steps=, ssr_guidance_scale=, ...
     ) -> LumierePipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` clips of ``num_frames`` frames.
@@ -856,6 +944,10 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         True, the SSR model upsamples it ``ssr_scale`` times with MultiDiffusion over temporal
         windows (``SSROptions``; the flat ``ssr_window=`` ... keywords build one).
 
+        Speed switches that trade quality (``lumiere.pipelines.speed``, figures in docs/speed.md;
+        their defaults change nothing): ``cache_interval`` / ``ssr_cache_interval`` (DeepCache:
+        a full network call every N steps) and ``guidance_end`` (guidance on the first steps only).
+
         Returns ``LumierePipelineOutput(frames)`` (``[b, f, h, w, 3]`` in [0, 1]), or ``(frames,)``
         when ``return_dict`` is False. Same generator seeds give the same clips, whatever else is
         in the batch (up to float rounding). ``callback`` sees the base model's steps.
@@ -881,6 +973,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
                               text_tokens=self.text_encoder.max_length)  # fmt: skip
         device = self._execution_device
         check_vae_batch_size(vae_batch_size)
+        check_cache_interval(cache_interval)
+        check_guidance_end(guidance_end)
 
         # 2. Encode the text: conditional and (with guidance) unconditional states per clip.
         cond, uncond = self.encode_prompt(
@@ -910,7 +1004,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         # 5. Sample the base clip: the whole clip at once (the base model sees every frame), or windows.
         sample = self.denoise(sample, cond, uncond, guidance_scale, generator, callback, condition=condition,
                               windows=windows, chunk_size=chunk_size, timesteps=timesteps,
-                              known_pixels=known_pixels)  # fmt: skip
+                              known_pixels=known_pixels, cache_interval=cache_interval,
+                              guidance_end=guidance_end)  # fmt: skip
         if known_pixels is not None:  # exact after the last step (also for a final step that is not 0)
             sample = known_pixels.impose(sample, self.scheduler, timesteps[:0])
 
@@ -1009,12 +1104,18 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             # Windows that cannot tile a clip are refused even unused, as any other bad argument.
             _windows(num_frames, options.window, options.overlap, ("ssr_window", "ssr_overlap"))
             return None
-        if options.steps is None:
-            options = dataclasses.replace(options, steps=num_inference_steps)
+        options = self.resolve_ssr_options(options, num_inference_steps)
         size = (height * self.ssr_scale, width * self.ssr_scale)
         windows = self.check_ssr_inputs(num_frames, *size, options)
         self.check_ssr_memory(num_clips, num_frames, *size, options)
         return options, windows
+
+    def resolve_ssr_options(self, options: SSROptions, num_inference_steps: int) -> SSROptions:
+        """``options`` with the defaults left open filled in: ``steps`` None -> the pipeline's
+        ``ssr_steps``, else ``num_inference_steps``; ``strength`` None -> the pipeline's ``ssr_strength``."""
+        steps = options.steps if options.steps is not None else self.ssr_steps or num_inference_steps
+        strength = options.strength if options.strength is not None else self.ssr_strength
+        return dataclasses.replace(options, steps=steps, strength=strength)
 
     def prepare_timesteps_and_noise(
         self,
@@ -1058,16 +1159,18 @@ class SSROptions:
     """The SSR pass of ``LumierePipeline.__call__`` (Sec. 3.2): MultiDiffusion over temporal windows.
 
     ``pipe(prompt, ssr_options=SSROptions(window=4))``; the flat keywords ``ssr_window=``,
-    ``ssr_overlap=``, ``ssr_chunk_size=``, ``ssr_steps=``, ``ssr_guidance_scale=`` and
-    ``ssr_noise_level=`` build one.
+    ``ssr_overlap=``, ``ssr_chunk_size=``, ``ssr_steps=``, ``ssr_guidance_scale=``,
+    ``ssr_noise_level=``, ``ssr_cache_interval=`` and ``ssr_strength=`` build one.
     """
 
     window: int | None = SSR_WINDOW  # frames per temporal window; None: the whole clip at once
     overlap: int = DEFAULT_OVERLAP  # frames shared by neighbouring windows (paper: 2)
     chunk_size: int = 1  # windows per network call: more is faster on a GPU, costs memory
-    steps: int | None = None  # denoising steps; None: the base model's num_inference_steps
+    steps: int | None = None  # denoising steps; None: the pipeline's ssr_steps, else the base model's num_inference_steps
     guidance_scale: float = 1.0  # the low-res clip fixes the content; <= 1 skips the unconditional pass
     noise_level: int = SAMPLING_NOISE_LEVEL  # augmentation of the base clip fed to the SSR (a timestep)
+    cache_interval: int = 1  # a full network call every N steps, DeepCache in between (docs/speed.md); 1: always
+    strength: float | None = None  # share of the schedule run from the noised interpolation; None: the pipeline's ssr_strength
 
     @staticmethod
     def fields() -> list[str]:
@@ -1088,6 +1191,14 @@ class SSROptions:
             raise TypeError(f"LumierePipeline.__call__() got an unexpected keyword argument {unknown[0]!r}")
         options = cls() if options is None else options
         return dataclasses.replace(options, **{fields[key]: value for key, value in flat.items()})
+
+
+def _check_ssr_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` if every key is one of ``SSR_SETTINGS``, else ``TypeError`` naming the first other."""
+    unknown = sorted(set(settings) - set(SSR_SETTINGS))
+    if unknown:
+        raise TypeError(f"unexpected SSR setting {unknown[0]!r}; known: {list(SSR_SETTINGS)}")
+    return dict(settings)
 
 
 def _windows(

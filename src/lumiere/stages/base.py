@@ -61,6 +61,10 @@ class Stage:
             raise ValueError(f"config key model.init_from is required for stage {cls.name!r}")
         if config.model.ssr_residual:
             raise ValueError(f"config key model.ssr_residual applies to stage 'ssr' only, not {cls.name!r}")
+        if config.model.ssr_upsample != "bilinear" or config.model.ssr_residual_scale != 1.0:
+            raise ValueError(
+                f"config keys model.ssr_upsample and model.ssr_residual_scale apply to stage 'ssr' only, not {cls.name!r}"
+            )
         cls.check_latent_and_lora(config)
 
     @classmethod
@@ -127,6 +131,23 @@ class Stage:
                 seed=data.seed,
                 mode="image" if self.image_data else "video",
                 motion_mix=data.motion_mix,
+                long_share=data.long_motion_share,
+                long_mix=data.long_motion_mix,
+                frame_step=data.frame_step,
+            )
+            finite = data.length is not None
+        elif data.kind == "photos":  # camera moves over real photographs, with shapes mixed in
+            from lumiere.data.photos import PhotoClips
+
+            if self.image_data:
+                raise ValueError("config key data.kind 'photos' applies to video stages, not image stage t2i")
+            dataset = PhotoClips(
+                length=data.length or SHAPES_LENGTH,
+                num_frames=data.num_frames,
+                resolution=data.resolution,
+                seed=data.seed,
+                photos=data.photos,
+                shapes_fraction=data.shapes_fraction,
             )
             finite = data.length is not None
         elif data.kind == "shards":  # streamed: batches formed by the readers (lumiere.data.streaming)

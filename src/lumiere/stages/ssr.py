@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
+from torch.utils.data import IterableDataset
 
 from lumiere.models.ssr import (
     SSRCondition,
@@ -24,7 +25,7 @@ from lumiere.models.ssr import (
     check_ssr_stunet,
     downsample_video,
     make_condition,
-    residual_over_bilinear,
+    residual_over_upsample,
 )
 from lumiere.models.stunet import STUNet
 from lumiere.stages.video import VideoStage
@@ -42,10 +43,12 @@ def training_condition(
     max_noise_level: int,
     alphas_cumprod: torch.Tensor,
     generator: torch.Generator | None = None,
+    mode: str = "bilinear",
 ) -> SSRCondition:
     """The conditioning of one training batch: downsample the clean high-res clip ``[b, 3, f, H, W]``
     by ``scale`` (area), upsample back, augment at a level drawn uniformly in ``[0, max_noise_level]``
-    per clip. Every draw comes from ``generator`` (CPU), so a step's batch is reproducible."""
+    per clip. Every draw comes from ``generator`` (CPU), so a step's batch is reproducible.
+    ``mode``: the upsampling, bilinear or bicubic (``model.ssr_upsample``)."""
     batch = high_res.shape[0]
     low_res = downsample_video(high_res, scale)
     noise_level = torch.randint(0, max_noise_level + 1, (batch,), generator=generator)
@@ -56,6 +59,7 @@ def training_condition(
         noise_level.to(high_res.device),
         noise.to(device=high_res.device, dtype=high_res.dtype),
         alphas_cumprod,
+        mode,
     )
 
 
@@ -79,6 +83,8 @@ class SSRStage(VideoStage):
                 f"config key data.resolution ({config.data.resolution}) must be a multiple of model.ssr_scale "
                 f"({config.model.ssr_scale}) for stage 'ssr'"
             )
+        if config.model.ssr_residual_scale != 1.0 and not config.model.ssr_residual:
+            raise ValueError("config key model.ssr_residual_scale applies with model.ssr_residual: true only")
 
     def inflate(self, image_model: UNet2DConditionModel) -> STUNet:
         # Without temporal resizing, widened for the low-res clip (Sec. 3.2).
@@ -95,7 +101,8 @@ class SSRStage(VideoStage):
 
     def diffused_sample(self, clean: torch.Tensor) -> torch.Tensor:
         if self.config.model.ssr_residual:
-            return residual_over_bilinear(clean, self.config.model.ssr_scale)
+            model = self.config.model
+            return residual_over_upsample(clean, model.ssr_scale, model.ssr_upsample) * model.ssr_residual_scale
         return clean
 
     def draw_condition(
@@ -107,6 +114,7 @@ class SSRStage(VideoStage):
             self.config.optim.max_augmentation_level,
             alphas_cumprod,
             generator=generator,
+            mode=self.config.model.ssr_upsample,
         )
 
     def write_samples(self, model: STUNet, text_encoder: TextEncoder, path: Path, device) -> None:
@@ -115,18 +123,15 @@ class SSRStage(VideoStage):
         from lumiere.data.video_io import make_grid, write_video
 
         config = self.config
-        dataset, _ = self.build_dataset()
-        count = min(SAMPLE_CLIPS, len(dataset))
-        # The end of the stream: rarely trained on.
-        items = [dataset[len(dataset) - 1 - i] for i in range(count)]
-        high = torch.stack([item["video"] for item in items])  # [n, 3, f, H, W] in [-1, 1]
+        high, captions = self.sample_clips()
+        count = len(captions)
         low = downsample_video(high, config.model.ssr_scale)
         pipe = self.pipeline(model, text_encoder)
         pipe.set_progress_bar_config(disable=True)
         low_frames = ((low + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()  # [n, f, h, w, 3]
         upsampled = pipe.upsample(
             low_frames,
-            [item["caption"] for item in items],
+            captions,
             window=None,
             num_inference_steps=config.sample_steps,
             generator=[torch.Generator().manual_seed(i) for i in range(count)],
@@ -136,6 +141,17 @@ class SSRStage(VideoStage):
         rows = np.stack([nearest, upsampled, truth], axis=1).reshape(-1, *truth.shape[1:])  # [3n, f, H, W, 3]
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, make_grid(rows, nrow=3), fps=config.data.fps)
+
+    def sample_clips(self) -> tuple[torch.Tensor, list[str]]:
+        """Up to ``SAMPLE_CLIPS`` data clips ``[n, 3, f, H, W]`` in [-1, 1] and their captions: the
+        end of an indexed dataset (rarely trained on), or the first batch a streamed one forms
+        (shards: the readers batch their clips, one bucket per batch)."""
+        dataset, _ = self.build_dataset()
+        if isinstance(dataset, IterableDataset):
+            batch = next(iter(dataset))
+            return batch["video"][:SAMPLE_CLIPS], list(batch["caption"][:SAMPLE_CLIPS])
+        items = [dataset[len(dataset) - 1 - i] for i in range(min(SAMPLE_CLIPS, len(dataset)))]
+        return torch.stack([item["video"] for item in items]), [item["caption"] for item in items]
 
     def pipeline(self, stunet: STUNet, text_encoder: TextEncoder):
         """An upsampling-only pipeline around the SSR model (no base model); what is exported."""
@@ -148,4 +164,6 @@ class SSRStage(VideoStage):
             ssr=stunet,
             ssr_scale=self.config.model.ssr_scale,
             ssr_residual=self.config.model.ssr_residual,
+            ssr_upsample=self.config.model.ssr_upsample,
+            ssr_residual_scale=self.config.model.ssr_residual_scale,
         )

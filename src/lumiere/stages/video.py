@@ -58,8 +58,17 @@ class VideoStage(Stage):
 
     @property
     def cached(self) -> bool:
-        """Whether training reads the latent and text caches (and never loads the VAE or text encoder)."""
+        """Whether training reads the text cache (and never loads the text encoder): latent training
+        with ``data.cache_dir``. The clips' latents are cached too, except for streamed shards
+        (``latent_cache.caches_latents``), so only then is the VAE never loaded either."""
         return self.latent is not None and bool(self.config.data.cache_dir)
+
+    @property
+    def latents_cached(self) -> bool:
+        """Whether training reads the clips' VAE moments from ``data.cache_dir``."""
+        from lumiere.data.latent_cache import caches_latents
+
+        return self.cached and caches_latents(self.config)
 
     def make_model(self) -> STUNet:
         source = Path(self.config.model.init_from)
@@ -70,6 +79,7 @@ class VideoStage(Stage):
         else:
             model = self.load(source)
         model = self.adapt(model)
+        self.deepen(model)
         model.freeze_spatial(self.config.model.freeze_spatial)
         if self.trains_conv_in:
             model.conv_in.requires_grad_(True)
@@ -157,7 +167,7 @@ class VideoStage(Stage):
 
     def build_dataset(self) -> tuple[Dataset, bool]:
         """The clips (``pixel_dataset``), or with caches their cached moments (``CachedClips``)."""
-        if not self.cached:
+        if not self.latents_cached:
             return super().build_dataset()
         from lumiere.data.latent_cache import CachedClips, check_cacheable, clip_keys, latent_store
 
@@ -226,6 +236,21 @@ class VideoStage(Stage):
     def adapt(self, model: STUNet) -> STUNet:
         """The stage's change to the made or loaded STUNet (none here; see ``ConditionalStage``)."""
         return model
+
+    def deepen(self, model: STUNet) -> None:
+        """``model.coarse_temporal_halvings``: the temporal-only level for long clips
+        (``STUNet.deepen_time``; it starts as the loaded model), unless the model has it already."""
+        halvings = self.config.model.coarse_temporal_halvings
+        if not halvings:
+            return
+        have = model.config.get("coarse_temporal_halvings", 0)
+        if not have:
+            model.deepen_time(halvings)
+        elif have != halvings:
+            raise ValueError(
+                f"config key model.coarse_temporal_halvings is {halvings}, but model.init_from="
+                f"{self.config.model.init_from!r} has {have}; set it to {have} or 0"
+            )
 
 
 def _name_text_encoder_class(directory: Path) -> None:

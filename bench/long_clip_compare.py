@@ -1,0 +1,278 @@
+"""Paper-length clips (issue 33): one pass over 80 frames against the two ways around it.
+
+Lumiere's claim (Bar-Tal et al. 2024, Sec. 1 and 3, Fig. 2 and the ablation): a base model that
+generates the whole clip in one pass keeps motion globally coherent, periodic motion above all,
+where keyframes plus temporal super-resolution (TSR), or windows over a short model, drift.
+
+On the same prompts and seeds (``lumiere.eval.long_clips.draw_long_prompts``: 60% of them a
+motion that spans the clip), each method makes 80-frame clips at 32x32, read back by the
+long-clip probe (``lumiere.eval.long_clips``): per-attribute accuracy over the whole clip, the
+object in every frame, bouncing motion and the steadiness of its period, colour and size drift
+between the first and last second.
+
+Methods:
+
+- ``one_pass``: the 80-frame model (``--long-model``, ``configs/long/80_frames.yaml``), 80 frames
+  in one pass;
+- ``shipped_one_pass``: the shipped 16-frame model asked for 80 frames in one pass (what a user
+  gets today with ``--frames 80``);
+- ``windows``: the shipped 16-frame model over windows of 16 frames (overlap 8), reconciled at
+  every step by temporal MultiDiffusion (``pipe(..., window=16)``);
+- ``cascade``: keyframes + TSR. A keyframe model (``--keyframe-model``; default the shipped
+  model, better one fine-tuned on keyframes, ``configs/long/keyframes_16.yaml``) makes 80 /
+  ``--stride`` frames, one every ``--stride``-th frame of the clip; the TSR fills in the frames
+  between with the conditional model (``--tsr-model``, default the shipped one), as inpainting of
+  the missing frames with the keyframes known, over windows of 16 (Sec. 4's conditioning used as
+  temporal super-resolution). The TSR is not trained on keyframe masks (``bench/ablation.py``'s
+  cascade is, but that script keeps no weights), which handicaps this arm: say so with its figures.
+
+``--timing`` also measures one 80-frame clip of the one-pass model (or the shipped model with
+``--long-model`` absent) on ``--threads`` cores: base alone, and base + SSR to 64x64, each in a
+fresh process (time and peak resident memory, ``harness``).
+
+    python bench/long_clip_compare.py --long-model runs/long_80/model --count 8 --out /tmp/long8.json
+    python bench/long_clip_compare.py --long-model runs/long_80/model --count 200 \\
+        --out docs/long_clip_compare.json                           # the issue's table (hours on 2 cores)
+    python bench/long_clip_compare.py --long-model runs/long_80/model --timing --threads 2 --methods none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import harness
+from lumiere.eval.evaluate import generate_clips
+from lumiere.eval.long_clips import draw_long_prompts, long_clip_metrics
+
+METHODS = ("one_pass", "shipped_one_pass", "windows", "cascade")
+
+
+def load_pipeline(path: str | None):
+    """The pipeline saved at ``path`` (None: the shipped one), progress bars off."""
+    from lumiere.pipelines import LumierePipeline
+
+    pipe = LumierePipeline.from_pretrained(path) if path else LumierePipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def with_shipped_ssr(pipe):
+    """``pipe`` itself if it has an SSR model; else its base model with the shipped SSR (a stage
+    export holds the base model alone; the shipped pipeline pairs it with the package's SSR)."""
+    if pipe.ssr is not None:
+        return pipe
+    from lumiere.pipelines import LumierePipeline
+
+    shipped = load_pipeline(None)
+    config = shipped.config
+    combined = LumierePipeline(
+        stunet=pipe.stunet,
+        text_encoder=pipe.text_encoder,
+        scheduler=pipe.scheduler,
+        ssr=shipped.ssr,
+        ssr_scale=config.ssr_scale,
+        ssr_residual=config.ssr_residual,
+        ssr_upsample=config.ssr_upsample,
+    )
+    combined.set_progress_bar_config(disable=True)
+    return combined
+
+
+def keyframes_then_tsr(keyframe_pipe, tsr_pipe, prompts: list[str], args) -> list[np.ndarray]:
+    """The cascade: keyframes ``[f / stride, h, w, 3]`` per prompt, held to the next one and
+    in-filled by the conditional ``tsr_pipe`` (the keyframes known, the frames between generated)."""
+    frames, stride = args.frames, args.stride
+    if frames % stride:
+        raise SystemExit(f"--frames {frames} must be a multiple of --stride {stride}")
+    keys = generate_clips(
+        keyframe_pipe, prompts, args.seed, frames // stride, args.steps, args.guidance, args.batch
+    )
+    clips = []
+    for index, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
+        held = np.repeat(key, stride, axis=0)  # [f, h, w, 3]: each keyframe held to the next
+        mask = np.ones(held.shape[:3], dtype=np.float32)  # 1: generate
+        mask[::stride] = 0  # the keyframes are known
+        generator = torch.Generator().manual_seed(args.seed * 100_003 + index + 1)
+        clip = tsr_pipe(
+            prompt,
+            video=held,
+            mask=mask,
+            window=args.window,
+            overlap=args.overlap,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=generator,
+            upsample=False,
+        ).frames[0]
+        clips.append(clip)
+    return clips
+
+
+def run_method(method: str, prompts: list[str], args, pipes: dict[str, Any]) -> list[np.ndarray]:
+    """80-frame clips ``[f, h, w, 3]`` of one method, clip i seeded by (seed, i) as ``lumiere eval``."""
+    common = (args.seed, args.frames, args.steps, args.guidance, args.batch)
+    if method == "one_pass":
+        return generate_clips(pipes["long"], prompts, *common)
+    if method == "shipped_one_pass":
+        return generate_clips(pipes["shipped"], prompts, *common)
+    if method == "windows":
+        return generate_clips(pipes["shipped"], prompts, *common, window=args.window, overlap=args.overlap)
+    return keyframes_then_tsr(pipes["keyframe"], pipes["tsr"], prompts, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time and memory of one clip (item 4), in fresh processes.
+# ---------------------------------------------------------------------------------------------
+
+
+def time_clip(config: dict[str, Any]) -> dict[str, Any]:
+    """Worker: one clip of ``frames`` frames, base alone or base + SSR; seconds and peak RSS."""
+    torch.set_num_threads(config["threads"])
+    pipe = load_pipeline(config["model"])
+    if config["upsample"]:
+        pipe = with_shipped_ssr(pipe)
+    before = harness.start_memory_window()
+    start = time.perf_counter()
+    pipe(
+        "a red circle bouncing quickly on a black background",
+        num_frames=config["frames"],
+        num_inference_steps=config["steps"],
+        generator=torch.Generator().manual_seed(0),
+        upsample=config["upsample"],
+    )
+    seconds = time.perf_counter() - start
+    peak = harness.peak_rss_mib()
+    return {"seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before}
+
+
+def timing(args) -> dict[str, Any]:
+    results = {}
+    for name, upsample in (("base", False), ("base + SSR", True)):
+        config = {"model": args.long_model, "frames": args.frames, "steps": args.steps, "threads": args.threads,
+                  "upsample": upsample}  # fmt: skip
+        result = harness.run_isolated(__file__, config, env={"OMP_NUM_THREADS": str(args.threads)})
+        results[name] = result
+        if "error" in result:
+            print(f"  {name}: {result['error']}")
+        else:
+            print(f"  {name}: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB "
+                  f"({result['peak_rss_mib'] - result['rss_before_mib']:.0f} MiB above the loaded pipeline)")  # fmt: skip
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--long-model", default=None, help="the 80-frame pipeline folder (runs/long_80/model)"
+    )
+    parser.add_argument(
+        "--keyframe-model", default=None, help="cascade keyframes (default: the shipped model)"
+    )
+    parser.add_argument(
+        "--tsr-model", default=None, help="cascade in-fill, a conditional model (default: shipped)"
+    )
+    parser.add_argument(
+        "--methods", default="all", help=f"comma-separated of {', '.join(METHODS)}; all; none"
+    )
+    parser.add_argument("--count", type=int, default=8, help="prompts (the issue: 200)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--long-share", type=float, default=0.6, help="share of prompts with a long motion")
+    parser.add_argument("--frames", type=int, default=80)
+    parser.add_argument("--stride", type=int, default=5, help="cascade: one keyframe every stride frames")
+    parser.add_argument("--window", type=int, default=16, help="windows / cascade: frames per window")
+    parser.add_argument("--overlap", type=int, default=8, help="windows / cascade: frames shared by windows")
+    parser.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps")
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--batch", type=int, default=4, help="clips per pipeline call")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--timing", action="store_true", help="time and peak memory of one clip (base; base + SSR)"
+    )
+    parser.add_argument("--clips", action="store_true", help="keep every clip's reading in the JSON")
+    parser.add_argument("--out", default=None, help="JSON results")
+    parser.add_argument(
+        "--save-clips", default=None, metavar="DIR", help="write each method's clips to DIR/METHOD.npz"
+    )
+    args = parser.parse_args()
+    if args.methods == "all":
+        args.methods = [m for m in METHODS if m != "one_pass" or args.long_model]
+    elif args.methods == "none":
+        args.methods = []
+    else:
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if "one_pass" in args.methods and not args.long_model:
+        parser.error("method one_pass needs --long-model")
+    if args.count < 1:
+        parser.error("--count must be >= 1")
+    return args
+
+
+ROW = ("colour", "shape", "motion", "present", "all")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    print(harness.describe_machine(argparse.Namespace(device="cpu", threads=args.threads, dtype="fp32",
+                                                      compile=False, channels_last=False)))  # fmt: skip
+    prompts = draw_long_prompts(args.count, args.seed, args.long_share)
+    results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "methods": {}}
+    pipes: dict[str, Any] = {}
+    if args.methods:
+        pipes["shipped"] = load_pipeline(None)
+        pipes["long"] = load_pipeline(args.long_model) if args.long_model else None
+        pipes["keyframe"] = load_pipeline(args.keyframe_model) if args.keyframe_model else pipes["shipped"]
+        pipes["tsr"] = load_pipeline(args.tsr_model) if args.tsr_model else pipes["shipped"]
+    for method in args.methods:
+        start = time.perf_counter()
+        clips = run_method(method, prompts, args, pipes)
+        seconds = (time.perf_counter() - start) / len(prompts)
+        if args.save_clips:  # uint8 [n, f, h, w, 3], to re-read later without generating again
+            Path(args.save_clips).mkdir(parents=True, exist_ok=True)
+            stacked = np.round(np.stack(clips) * 255).astype(np.uint8)
+            np.savez_compressed(
+                Path(args.save_clips) / f"{method}.npz", clips=stacked, prompts=np.array(prompts)
+            )
+        metrics = long_clip_metrics(clips, prompts)
+        if not args.clips:
+            metrics.pop("clips")
+        results["methods"][method] = {**metrics, "seconds_per_clip": seconds}
+        print(f"{method}: {seconds:.1f} s/clip")
+        if args.out:  # after every method, so a stopped run keeps what it finished
+            Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.methods:
+        headers = ["method", *ROW, "bouncing", "periodic", "steady", "colour drift", "size drift", "s/clip"]
+        rows = []
+        for method, m in results["methods"].items():
+            acc, bounce, drift = m["accuracy"], m["bouncing"], m["drift"]
+            values = [*(acc.get(k) for k in ROW), bounce["motion_accuracy"], bounce["periodic_motion_accuracy"],
+                      bounce["steady"],
+                      drift["colour_median"], drift["size_median"]]  # fmt: skip
+            rows.append([method, *(harness.fmt(v, 3) for v in values), harness.fmt(m["seconds_per_clip"], 1)])
+        harness.print_table(headers, rows)
+        print(f"{len(prompts)} prompts (seed {args.seed}), {args.frames} frames, {args.steps} steps, guidance "
+              f"{args.guidance}; bouncing: all bounce prompts; periodic: those with a speed word (speed "
+              "included); steady: their share read as a bounce of steady period; drift: medians, first vs "
+              "last second")  # fmt: skip
+    if args.timing:
+        results["timing"] = timing(args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    if not harness.serve_worker(time_clip):
+        main()

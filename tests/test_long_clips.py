@@ -1,0 +1,271 @@
+"""Long clips (issue 33): long-motion data, the long-clip probe (on rendered truth and on
+counter-examples), the deepened STUNet (identity at init, save/load) and the 80-frame configs."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lumiere.config import config_from_dict, load_config
+from lumiere.data.shapes import (
+    BOUNCE_PERIOD_QUICK,
+    LONG_MOTION_PHRASES,
+    LONG_MOTIONS,
+    MOTIONS,
+    MovingShapes,
+    make_caption,
+    parse_caption,
+    render_clip,
+)
+from lumiere.eval.long_clips import (
+    MAX_COLOUR_DRIFT,
+    OSCILLATING,
+    draw_long_prompts,
+    long_clip_metrics,
+    read_long_clip,
+    score_long,
+)
+from lumiere.models.presets import STUNET_PRESETS, build_unet2d
+from lumiere.models.stunet import STUNet
+
+REPO = Path(__file__).resolve().parents[1]
+ATTRS = {"background": "black", "shape": "circle", "colour": "red"}
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def test_older_clips_are_unchanged():
+    """The 16-frame data streams of the recipe's stages: the same bytes as before long motions."""
+    digest = hashlib.sha256()
+    for data in (
+        MovingShapes(length=40, seed=0),
+        MovingShapes(length=40, seed=12, motion_mix=[3, 3, 1, 1, 1, 1, 1]),
+    ):
+        for i in range(0, 40, 4):
+            frames, caption, attributes = data.sample(i)
+            digest.update(np.round(frames * 255).astype(np.uint8).tobytes())
+            digest.update(f"{caption}|{sorted(attributes.items())}".encode())
+    # Computed with the code of commit a1af198, before long motions existed.
+    assert digest.hexdigest() == "90f0f9dbe049a1a607ac554d21e5853dfd1c7acbab5254ea083bab7ea8bb8696"
+    same = MovingShapes(length=40, seed=0, long_share=0.0)
+    for i in (0, 5):
+        a, b = MovingShapes(length=40, seed=0).sample(i), same.sample(i)
+        assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_long_share_and_mix_draw_long_motions():
+    data = MovingShapes(length=200, num_frames=80, seed=3, long_share=0.6)
+    motions = [data.sample(i)[2]["motion"] for i in range(200)]
+    long = sum(m in LONG_MOTIONS for m in motions)
+    assert 90 <= long <= 150 and set(motions) <= set(MOTIONS) | set(LONG_MOTIONS)
+    only_quick = MovingShapes(length=20, num_frames=80, seed=3, long_share=1.0, long_mix=[0] * 7 + [1])
+    assert {only_quick.sample(i)[2]["motion"] for i in range(20)} == {"bouncing quickly"}
+    with pytest.raises(ValueError, match="long_share must be in"):
+        MovingShapes(long_share=1.5)
+    with pytest.raises(ValueError, match="long_mix must be None or 8 shares"):
+        MovingShapes(long_share=0.5, long_mix=[1, 1])
+    with pytest.raises(ValueError, match="mode 'video' only"):
+        MovingShapes(long_share=0.5, mode="image")
+
+
+def test_frame_step_gives_the_keyframes_of_the_long_clip():
+    long = MovingShapes(length=30, num_frames=80, seed=4, long_share=0.6)
+    keys = MovingShapes(length=30, num_frames=16, seed=4, long_share=0.6, frame_step=5)
+    for i in range(0, 30, 3):
+        frames, caption, _ = long.sample(i)
+        key_frames, key_caption, _ = keys.sample(i)
+        assert key_caption == caption and np.array_equal(key_frames, frames[::5])
+
+
+def test_long_prompts_are_a_function_of_the_seed():
+    prompts = draw_long_prompts(60, seed=0)
+    assert prompts == draw_long_prompts(60, seed=0) and prompts != draw_long_prompts(60, seed=1)
+    motions = [parse_caption(p)["motion"] for p in prompts]
+    assert 20 <= sum(m in LONG_MOTIONS for m in motions) <= 50
+    assert set(motions) <= set(MOTIONS) | set(LONG_MOTIONS)
+
+
+def test_long_captions_parse_back_and_older_captions_do_not_change():
+    for motion, phrases in LONG_MOTION_PHRASES.items():
+        for phrase in range(len(phrases)):
+            caption = make_caption({**ATTRS, "motion": motion}, template=phrase % 5, phrase=phrase)
+            assert parse_caption(caption) == {**ATTRS, "motion": motion}, caption
+    assert parse_caption("a red circle bouncing up and down on a black background")["motion"] == "bouncing"
+    assert parse_caption("a red circle moving to the left on a black background")["motion"] == "moving left"
+
+
+def test_long_motion_config_keys(tmp_path):
+    base = {"stage": "stunet", "output_dir": str(tmp_path), "model": {"init_from": "x"}}
+    config = config_from_dict({**base, "data": {"long_motion_share": 0.5, "long_motion_mix": [1] * 8}})
+    assert config.data.long_motion_share == 0.5
+    with pytest.raises(ValueError, match="data.long_motion_share must be in"):
+        config_from_dict({**base, "data": {"long_motion_share": 2.0}})
+    with pytest.raises(ValueError, match="video stages only"):
+        config_from_dict({"stage": "t2i", "output_dir": str(tmp_path), "data": {"long_motion_share": 0.5}})
+    with pytest.raises(ValueError, match="coarse_temporal_halvings applies to stages"):
+        config_from_dict(
+            {"stage": "t2i", "output_dir": str(tmp_path), "model": {"coarse_temporal_halvings": 2}}
+        )
+
+
+# ---- the probe on the truth ------------------------------------------------------------------
+
+
+def test_probe_reads_rendered_long_clips():
+    """80-frame clips of every long motion and every older motion read as their captions."""
+    clips, captions = [], []
+    for seed, share in ((1, 1.0), (2, 0.0)):
+        data = MovingShapes(length=48, num_frames=80, resolution=32, seed=seed, long_share=share)
+        for i in range(48):
+            frames, caption, _ = data.sample(i)
+            clips.append(frames)
+            captions.append(caption)
+    metrics = long_clip_metrics(clips, captions)
+    assert metrics["accuracy"]["all"] >= 0.95, [c for c in metrics["clips"] if not c["scores"]["all"]][:3]
+    assert metrics["accuracy"]["present"] == 1.0 and metrics["accuracy"]["colour"] == 1.0
+    assert metrics["bouncing"]["motion_accuracy"] >= 0.95 and metrics["bouncing"]["periodic_clips"] >= 6
+    assert metrics["bouncing"]["steady"] == 1.0 and metrics["bouncing"]["median_period_spread"] < 0.05
+    assert metrics["drift"]["colour_median"] < 0.01 and metrics["drift"]["size_median"] < 0.01
+
+
+def _bounce(periods: np.ndarray, frames: int = 80) -> np.ndarray:
+    """cy [f] of a bounce whose period (frames) may change from bounce to bounce."""
+    phase = np.cumsum(np.pi / np.interp(np.arange(frames), np.linspace(0, frames - 1, len(periods)), periods))
+    return 26 - 14 * np.abs(np.sin(phase))
+
+
+def test_steady_bounce_period_and_speed():
+    size, cx = np.full(80, 9.0), np.full(80, 16.0)
+    quick = read_long_clip(render_clip(ATTRS, cx, _bounce(np.full(2, 9.0)), size, 32, 32))
+    assert quick.motion == "bouncing" and quick.speed == "quickly" and quick.steady
+    assert abs(quick.bounce_period - 9.0) < 0.5 and quick.period_spread < 0.05
+    slow = read_long_clip(render_clip(ATTRS, cx, _bounce(np.full(2, 22.0)), size, 32, 32))
+    assert slow.speed == "slowly" and slow.steady
+    assert score_long(slow, "a red circle bouncing slowly on a black background")["motion"]
+    assert not score_long(slow, "a red circle bouncing quickly on a black background")["motion"]
+    assert score_long(slow, "a red circle bouncing on a black background")["motion"]
+
+
+# ---- counter-examples: what the probe must flag -------------------------------------------------
+
+
+def test_flags_an_irregular_bounce():
+    size, cx = np.full(80, 9.0), np.full(80, 16.0)
+    irregular = read_long_clip(
+        render_clip(ATTRS, cx, _bounce(np.array([8.0, 20.0, 8.0, 20.0])), size, 32, 32)
+    )
+    assert irregular.motion == "bouncing" and not irregular.steady
+
+
+def test_flags_a_vanishing_object():
+    data = MovingShapes(length=4, num_frames=80, seed=1, long_share=1.0, long_mix=[0, 1, 0, 0, 0, 0, 0, 0])
+    frames, caption, _ = data.sample(0)
+    assert score_long(frames, caption)["all"]
+    gone = frames.copy()
+    gone[40:43] = gone[40:43, :1, :1]  # three frames of background only
+    scores = score_long(gone, caption)
+    assert not scores["present"] and not scores["all"]
+    assert int((~read_long_clip(gone).present).sum()) == 3
+
+
+def test_flags_colour_drift_and_a_colour_that_changes():
+    cx, cy, size = np.full(80, 16.0), np.linspace(10, 22, 80), np.full(80, 9.0)
+    red = render_clip(ATTRS, cx, cy, size, 32, 32)
+    orange = render_clip({**ATTRS, "colour": "orange"}, cx, cy, size, 32, 32)
+    drifting = np.concatenate([red[:40], orange[40:]])
+    reading = read_long_clip(drifting)
+    assert reading.colour_drift > MAX_COLOUR_DRIFT and reading.second_colours[0] == "red"
+    assert not score_long(reading, "a red circle moving down on a black background")["colour"]
+    assert score_long(red, "a red circle moving down on a black background")["all"]
+
+
+def test_flags_motion_that_does_not_hold():
+    """Asked to move right for the whole clip, it comes back; asked to come back, it does not."""
+    size, cy = np.full(80, 9.0), np.full(80, 16.0)
+    back = 8 + 16 * np.sin(np.pi * np.linspace(0, 1, 80)) ** 2
+    clip = render_clip(ATTRS, back, cy, size, 32, 32)
+    assert not score_long(clip, "a red circle moving right on a black background")["motion"]
+    assert score_long(clip, "a red circle moving right and back on a black background")["motion"]
+    once = render_clip(ATTRS, np.linspace(8, 24, 80), cy, size, 32, 32)
+    assert not score_long(once, "a red circle moving right and back on a black background")["motion"]
+    wobble = render_clip(ATTRS, 16 + 8 * np.sin(np.linspace(0, 6 * np.pi, 80)), cy, size, 32, 32)
+    assert read_long_clip(wobble).motion == OSCILLATING
+
+
+# ---- the deepened STUNet -----------------------------------------------------------------------
+
+
+def _tiny_stunet() -> STUNet:
+    torch.manual_seed(0)
+    model = STUNet.from_unet2d(build_unet2d("tiny"), **STUNET_PRESETS.get("tiny", {})).eval()
+    # Trained-looking temporal weights, so "equal at init" is not equality of two identities.
+    with torch.no_grad():
+        for module in model.inserted_modules():
+            for p in module.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_deepened_stunet_starts_as_the_model_and_round_trips(tmp_path):
+    model = _tiny_stunet()
+    sample = torch.randn(2, model.in_channels, 16, 16, 16)
+    text = torch.randn(2, 5, model.image_config.cross_attention_dim)
+    timestep = torch.tensor([10, 700])
+    with torch.no_grad():
+        before = model(sample, timestep, text).sample
+    factor = model.temporal_factor
+    model.deepen_time(halvings=2, num_layers=1)
+    assert model.temporal_factor == 4 * factor
+    with torch.no_grad():
+        after = model(sample, timestep, text).sample
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # a moving clip, not only a still one
+    with pytest.raises(ValueError, match="cannot be halved"):
+        model(torch.randn(1, model.in_channels, 2 * factor, 16, 16), timestep[:1], text[:1])
+    with pytest.raises(ValueError, match="already has a coarse temporal level"):
+        model.deepen_time()
+    model.freeze_spatial(True)
+    assert all(p.requires_grad for p in model.coarse_level.parameters())
+
+    model.save_pretrained(tmp_path)
+    loaded = STUNet.from_pretrained(tmp_path).eval()
+    assert loaded.config.coarse_temporal_halvings == 2 and loaded.config.coarse_temporal_layers == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample, timestep, text).sample, after)
+
+
+def test_the_coarse_level_learns():
+    """Its zero projection gets a gradient, so training can switch the level on."""
+    model = _tiny_stunet()
+    model.deepen_time(halvings=1, num_layers=1)
+    model.enable_gradient_checkpointing()
+    model.train()
+    sample = torch.randn(1, model.in_channels, 16, 16, 16)
+    text = torch.randn(1, 5, model.image_config.cross_attention_dim)
+    model(sample, torch.tensor([500]), text).sample.square().mean().backward()
+    assert model.coarse_level.proj_out.conv.weight.grad.abs().sum() > 0
+
+
+# ---- configs -----------------------------------------------------------------------------------
+
+
+def test_long_configs_validate():
+    config = load_config(REPO / "configs/long/80_frames.yaml")
+    assert config.data.num_frames == 80 and config.model.coarse_temporal_halvings == 2
+    assert config.data.num_frames % 16 == 0 and 0 < config.data.long_motion_share < 1
+    assert BOUNCE_PERIOD_QUICK[1] * 4 < config.data.num_frames  # quick bounces: several per clip
+
+
+def test_smoke_config_trains_exports_and_resumes(tmp_path):
+    from lumiere.train import train
+
+    config = load_config(REPO / "configs/smoke/long_tiny.yaml")
+    config.output_dir = str(tmp_path / "run")
+    first = train(config, stop_after_steps=2)
+    assert first.step == 2 and first.model_dir is None
+    result = train(config, resume=True)
+    assert result.step == 3
+    exported = STUNet.from_pretrained(Path(result.model_dir) / "stunet")
+    assert exported.config.coarse_temporal_halvings == 2 and exported.temporal_factor == 16
