@@ -770,7 +770,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         low_res: torch.Tensor,
         cond: TextEncoding,
         uncond: TextEncoding | None,
-        options: SSROptions,  # steps resolved (not None)
+        options: SSROptions,  # None fields: the pipeline's defaults (resolve_ssr_options)
         windows: Sequence[slice] | None,
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
@@ -784,6 +784,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         batch, _, num_frames, height, width = low_res.shape
         size = (height * self.ssr_scale, width * self.ssr_scale)
         shape = (batch, sample_channels(self.ssr, self.scheduler), num_frames, *size)
+        options = self.resolve_ssr_options(options, 25)  # defaults left open: the pipeline's
 
         # 1. Timesteps and initial noise [b, c, f, H, W].
         self.scheduler.set_timesteps(options.steps, device=device)
@@ -802,9 +803,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         # 2b. strength < 1: start from the interpolated clip (for a residual SSR: zero detail) noised
         #     to the last ``strength`` of the schedule, as SDEdit starts from a given clip (Meng et al.
         #     2022): the SSR only diffuses the fine detail, in fewer steps, at any ``steps``.
-        strength = self.ssr_strength if options.strength is None else options.strength
-        if strength < 1.0:
-            timesteps = self.sdedit_timesteps(options.steps, strength)
+        if options.strength < 1.0:
+            timesteps = self.sdedit_timesteps(options.steps, options.strength)
             start = torch.zeros(shape, device=device) if self.ssr_residual else upsample_video(
                 low_res, size, self.ssr_upsample)  # fmt: skip
             sample = self.scheduler.add_noise(start, sample / self.scheduler.init_noise_sigma, timesteps[:1])
