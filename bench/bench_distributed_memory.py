@@ -1,11 +1,11 @@
-"""Per-process memory of ``lumiere train`` whole (DDP) against sharded (FSDP) (issue 32, item 4).
+"""Per-process memory of ``lumiere train`` whole (DDP) against sharded (FSDP, ZeRO-2, ZeRO-3) (issue 32, item 4).
 
 The STUNet of the ``default`` preset with every width times ``--width-scale`` (4: image U-Net
 channels 128/256/512), inflated (Sec. 3.1) and trained whole (``model.freeze_spatial: false``:
 every weight has a gradient, two AdamW moments and an EMA copy), runs ``--steps`` steps of
-``lumiere train`` under ``configs/accelerate/ddp.yaml`` and under ``fsdp.yaml`` on
-``--processes`` CPU processes (gloo), each launched by ``accelerate launch`` exactly as a user
-would. Each process reports:
+``lumiere train`` under ``configs/accelerate/ddp.yaml``, ``fsdp.yaml``, ``deepspeed_zero2.yaml`` and
+``deepspeed_zero3.yaml`` on ``--processes`` CPU processes (gloo), each launched by ``accelerate
+launch`` exactly as a user would. Each process reports:
 
 - ``placed``: its resident set once the network is placed (whole, or its FSDP shards) and the
   high-water mark is reset (``harness.start_memory_window``): libraries and weights;
@@ -14,11 +14,14 @@ would. Each process reports:
   activations, gradients;
 - ``state``: the bytes of its own weights, AdamW moments and EMA, counted from the tensors (the
   part sharding divides by N; the gradients, as large as the weights, live from the backward to
-  the step).
+  the step). Under ZeRO the weights are the model's (whole under ZeRO-2, its partitions under
+  ZeRO-3; not counted: the whole copies ZeRO-3 keeps between steps of weights under DeepSpeed's
+  ``stage3_param_persistence_threshold``, which the peak includes) plus DeepSpeed's fp32 master
+  partitions (each storage once), the EMA and moments those of the master partitions.
 
 Processes are started with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors leave the
-resident set (glibc keeps small freed blocks otherwise). DeepSpeed ZeRO-3 is not measured: it does
-not run under Accelerate without a GPU (docs/distributed.md).
+resident set (glibc keeps small freed blocks otherwise). ZeRO runs on CPU through lumiere's own
+driving of DeepSpeed's engine (``lumiere.distributed_zero``), as on GPUs.
 
     python bench/bench_distributed_memory.py --json docs/distributed_memory_cpu.json
 """
@@ -60,18 +63,28 @@ def worker(config_path: str) -> None:
         forward_model, model, optimizer = place(self, *args, **kwargs)
         report["placed_mib"] = harness.start_memory_window()
         report.update(placement=self.kind, rank=self.accelerator.process_index)
-        report["parameters"] = sum(p.numel() for p in model.parameters())
-        placed.extend([model, getattr(optimizer, "optimizer", optimizer)])
+        # ZeRO-3's weights are partitions: ds_numel is the whole weight's size
+        report["parameters"] = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        placed.extend([model, getattr(optimizer, "optimizer", optimizer), self.zero])
         return forward_model, model, optimizer
 
     def close_window(*args, **kwargs):  # every process calls it first thing in a checkpoint
         if "peak_mib" not in report:
             report["peak_mib"] = harness.peak_rss_mib()
-            model, optimizer = placed
-            weights = [local(p) for p in model.parameters()]
-            ema = [local(p) for p in model.parameters() if p.requires_grad]  # a copy of each trained weight
+            model, optimizer, zero = placed
             moments = [local(v) for state in optimizer.state.values() for v in state.values() if v.dim() > 0]
-            report["state_mib"] = sum(t.numel() * t.element_size() for t in weights + ema + moments) / 2**20
+            if zero is None:
+                weights = [local(p) for p in model.parameters()]
+                ema = [local(p) for p in model.parameters() if p.requires_grad]  # a copy of each trained one
+                held = sum(t.numel() * t.element_size() for t in weights + ema)
+            else:  # ZeRO-3: each weight's partition; ZeRO-2: whole weights; and the fp32 master partitions
+                # (views of flat buffers, which DeepSpeed may share with the masters: each storage once)
+                pieces = [getattr(p, "ds_tensor", p) for p in model.parameters()] + zero.masters()
+                storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in pieces}
+                ema = zero.masters()  # a copy of each master partition
+                held = sum(storages.values()) + sum(t.numel() * t.element_size() for t in ema)
+            held += sum(t.numel() * t.element_size() for t in moments)
+            report["state_mib"] = held / 2**20
         return positions(*args, **kwargs)
 
     placed: list = []
@@ -97,10 +110,13 @@ def make_image_model(folder: Path, scale: int) -> None:
     build_unet2d("default", block_out_channels=widths).save_pretrained(folder)
 
 
+CONFIG_FILES = {"ddp": "ddp", "fsdp": "fsdp", "zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3"}
+
+
 def launch(placement: str, config: Path, output_dir: Path, processes: int) -> list[dict]:
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configs" / "accelerate" / f"{placement}.yaml"),
+        "--config_file", str(REPO / "configs" / "accelerate" / f"{CONFIG_FILES[placement]}.yaml"),
         "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", "0",
         str(Path(__file__).resolve()), "--worker", str(config),
@@ -122,7 +138,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1, help="clips per process per step")
-    parser.add_argument("--placements", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
+    parser.add_argument("--placements", nargs="+", default=list(CONFIG_FILES), choices=list(CONFIG_FILES))
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
 

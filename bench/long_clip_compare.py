@@ -14,10 +14,13 @@ Methods:
 
 - ``one_pass``: the 80-frame model (``--long-model``, ``configs/long/80_frames.yaml``), 80 frames
   in one pass;
-- ``shipped_one_pass``: the shipped 16-frame model asked for 80 frames in one pass (what a user
-  gets today with ``--frames 80``);
-- ``windows``: the shipped 16-frame model over windows of 16 frames (overlap 8), reconciled at
-  every step by temporal MultiDiffusion (``pipe(..., window=16)``);
+- ``shipped_one_pass``: the 16-frame model (``--short-model``, default the shipped one) asked for
+  80 frames in one pass (what ``--frames 80`` gave before the 80-frame model shipped);
+- ``windows``: the 16-frame model over windows of 16 frames (overlap 8), reconciled at every step
+  by temporal MultiDiffusion (``pipe(..., window=16)``);
+
+Once the 80-frame model is the shipped one, ``--short-model`` names the 16-frame model it replaced
+(``git archive a31a690 src/lumiere/weights/default | tar -x -C runs/short16``).
 - ``cascade``: keyframes + TSR. A keyframe model (``--keyframe-model``; default the shipped
   model, better one fine-tuned on keyframes, ``configs/long/keyframes_16.yaml``) makes 80 /
   ``--stride`` frames, one every ``--stride``-th frame of the clip; the TSR fills in the frames
@@ -34,6 +37,16 @@ fresh process (time and peak resident memory, ``harness``).
     python bench/long_clip_compare.py --long-model runs/long_80/model --count 200 \\
         --out docs/long_clip_compare.json                           # the issue's table (hours on 2 cores)
     python bench/long_clip_compare.py --long-model runs/long_80/model --timing --threads 2 --methods none
+
+The 200 prompts take hours on 2 cores, so a run can take a slice of them and the slices be merged:
+``--start S --count N`` makes prompts S..S+N-1 of the same list, each clip seeded by its place in
+the list (so a slice's clips are the full run's), and ``--merge DIR ...`` reads the clips saved by
+the slices (``--save-clips DIR``), checks that they cover prompts 0..n-1 once each, and prints the
+table of the whole set:
+
+    python bench/long_clip_compare.py ... --start 0 --count 100 --save-clips runs/long_cmp/a
+    python bench/long_clip_compare.py ... --start 100 --count 100 --save-clips runs/long_cmp/b
+    python bench/long_clip_compare.py --merge runs/long_cmp/a runs/long_cmp/b --out docs/long_clip_compare.json
 """
 
 from __future__ import annotations
@@ -92,14 +105,15 @@ def keyframes_then_tsr(keyframe_pipe, tsr_pipe, prompts: list[str], args) -> lis
     if frames % stride:
         raise SystemExit(f"--frames {frames} must be a multiple of --stride {stride}")
     keys = generate_clips(
-        keyframe_pipe, prompts, args.seed, frames // stride, args.steps, args.guidance, args.batch
-    )
+        keyframe_pipe, prompts, args.seed, frames // stride, args.steps, args.guidance, args.batch,
+        first_index=args.start,
+    )  # fmt: skip
     clips = []
     for index, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
         held = np.repeat(key, stride, axis=0)  # [f, h, w, 3]: each keyframe held to the next
         mask = np.ones(held.shape[:3], dtype=np.float32)  # 1: generate
         mask[::stride] = 0  # the keyframes are known
-        generator = torch.Generator().manual_seed(args.seed * 100_003 + index + 1)
+        generator = torch.Generator().manual_seed(args.seed * 100_003 + args.start + index + 1)
         clip = tsr_pipe(
             prompt,
             video=held,
@@ -119,11 +133,18 @@ def run_method(method: str, prompts: list[str], args, pipes: dict[str, Any]) -> 
     """80-frame clips ``[f, h, w, 3]`` of one method, clip i seeded by (seed, i) as ``lumiere eval``."""
     common = (args.seed, args.frames, args.steps, args.guidance, args.batch)
     if method == "one_pass":
-        return generate_clips(pipes["long"], prompts, *common)
+        return generate_clips(pipes["long"], prompts, *common, first_index=args.start)
     if method == "shipped_one_pass":
-        return generate_clips(pipes["shipped"], prompts, *common)
+        return generate_clips(pipes["shipped"], prompts, *common, first_index=args.start)
     if method == "windows":
-        return generate_clips(pipes["shipped"], prompts, *common, window=args.window, overlap=args.overlap)
+        return generate_clips(
+            pipes["shipped"],
+            prompts,
+            *common,
+            window=args.window,
+            overlap=args.overlap,
+            first_index=args.start,
+        )
     return keyframes_then_tsr(pipes["keyframe"], pipes["tsr"], prompts, args)
 
 
@@ -176,6 +197,11 @@ def parse_args() -> argparse.Namespace:
         "--long-model", default=None, help="the 80-frame pipeline folder (runs/long_80/model)"
     )
     parser.add_argument(
+        "--short-model", default=None,
+        help="the 16-frame model of shipped_one_pass, windows and the cascade's defaults (default: the shipped "
+        "model; once the 80-frame model ships, the 16-frame one it replaced)",
+    )  # fmt: skip
+    parser.add_argument(
         "--keyframe-model", default=None, help="cascade keyframes (default: the shipped model)"
     )
     parser.add_argument(
@@ -185,6 +211,13 @@ def parse_args() -> argparse.Namespace:
         "--methods", default="all", help=f"comma-separated of {', '.join(METHODS)}; all; none"
     )
     parser.add_argument("--count", type=int, default=8, help="prompts (the issue: 200)")
+    parser.add_argument(
+        "--start", type=int, default=0, help="first prompt of the list (a slice of a longer run)"
+    )
+    parser.add_argument(
+        "--merge", nargs="+", default=None, metavar="DIR",
+        help="no generation: the table of the clips saved by runs over slices (--save-clips DIRs)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--long-share", type=float, default=0.6, help="share of prompts with a long motion")
     parser.add_argument("--frames", type=int, default=80)
@@ -217,22 +250,116 @@ def parse_args() -> argparse.Namespace:
         parser.error("method one_pass needs --long-model")
     if args.count < 1:
         parser.error("--count must be >= 1")
+    if args.start < 0:
+        parser.error("--start must be >= 0")
     return args
 
 
 ROW = ("colour", "shape", "motion", "present", "all")
 
 
+def save_clips(
+    directory: str, method: str, clips: list[np.ndarray], prompts: list[str], args, seconds: float
+):
+    """``DIR/METHOD.npz``: the clips as uint8 ``[n, f, h, w, 3]``, their prompts and where they
+    sit in the prompt list, to re-read (``--merge``) without generating again."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    stacked = np.round(np.stack(clips) * 255).astype(np.uint8)
+    np.savez_compressed(
+        Path(directory) / f"{method}.npz", clips=stacked, prompts=np.array(prompts), start=args.start,
+        seed=args.seed, long_share=args.long_share, seconds_per_clip=seconds,
+    )  # fmt: skip
+
+
+def merge_saved(directories: list[str]) -> dict[str, Any]:
+    """Each method's clips from the slices in ``directories``, in prompt order: they must cover
+    prompts 0..n-1 of one prompt list exactly once (a ``SystemExit`` naming the gap otherwise)."""
+    merged: dict[str, Any] = {}
+    for method in METHODS:
+        slices = []
+        for directory in directories:
+            path = Path(directory) / f"{method}.npz"
+            if path.exists():
+                with np.load(path) as saved:
+                    slices.append({key: saved[key] for key in saved.files})
+        if not slices:
+            continue
+        slices.sort(key=lambda piece: int(piece["start"]))
+        seeds = {(int(piece["seed"]), float(piece["long_share"])) for piece in slices}
+        if len(seeds) > 1:
+            raise SystemExit(
+                f"{method}: the slices were drawn with different --seed/--long-share: {sorted(seeds)}"
+            )
+        position = 0
+        for piece in slices:
+            if int(piece["start"]) != position:
+                raise SystemExit(
+                    f"{method}: the slices must cover the prompts once each, but after prompt {position - 1} "
+                    f"the next slice starts at prompt {int(piece['start'])} (a gap or an overlap)"
+                )
+            position += len(piece["prompts"])
+        prompts = [str(p) for piece in slices for p in piece["prompts"]]
+        seed, long_share = seeds.pop()
+        if prompts != draw_long_prompts(len(prompts), seed, long_share):
+            raise SystemExit(
+                f"{method}: the saved prompts are not those of --seed {seed} --long-share {long_share}"
+            )
+        clips = [clip.astype(np.float32) / 255 for piece in slices for clip in piece["clips"]]
+        seconds = sum(float(piece["seconds_per_clip"]) * len(piece["prompts"]) for piece in slices) / len(
+            prompts
+        )
+        merged[method] = {"clips": clips, "prompts": prompts, "seconds": seconds, "seed": seed}
+    if not merged:
+        raise SystemExit(f"no METHOD.npz in {directories} (methods: {', '.join(METHODS)})")
+    return merged
+
+
+def print_table(results: dict[str, Any], count: int, args) -> None:
+    headers = ["method", *ROW, "bouncing", "periodic", "steady", "colour drift", "size drift", "s/clip"]
+    rows = []
+    for method, m in results["methods"].items():
+        acc, bounce, drift = m["accuracy"], m["bouncing"], m["drift"]
+        values = [*(acc.get(k) for k in ROW), bounce["motion_accuracy"], bounce["periodic_motion_accuracy"],
+                  bounce["steady"], drift["colour_median"], drift["size_median"]]  # fmt: skip
+        rows.append([method, *(harness.fmt(v, 3) for v in values), harness.fmt(m["seconds_per_clip"], 1)])
+    harness.print_table(headers, rows)
+    print(f"{count} prompts (seed {args.seed}), {args.frames} frames, {args.steps} steps, guidance "
+          f"{args.guidance}; bouncing: all bounce prompts; periodic: those with a speed word (speed "
+          "included); steady: their share read as a bounce of steady period; drift: medians, first vs "
+          "last second")  # fmt: skip
+
+
+def merge_main(args) -> None:
+    merged = merge_saved(args.merge)
+    results: dict[str, Any] = {"args": {**vars(args)}, "methods": {}}
+    for method, piece in merged.items():
+        metrics = long_clip_metrics(piece["clips"], piece["prompts"])
+        if not args.clips:
+            metrics.pop("clips")
+        results["methods"][method] = {**metrics, "seconds_per_clip": piece["seconds"]}
+    counts = {len(piece["prompts"]) for piece in merged.values()}
+    if len(counts) > 1:  # the table compares methods on the same prompts: say where it does not
+        print(f"note: the methods cover different numbers of prompts: "
+              f"{ {m: len(p['prompts']) for m, p in merged.items()} }")  # fmt: skip
+    args.seed = next(iter(merged.values()))["seed"]
+    print_table(results, max(counts), args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        merge_main(args)
+        return
     torch.set_num_threads(args.threads)
     print(harness.describe_machine(argparse.Namespace(device="cpu", threads=args.threads, dtype="fp32",
                                                       compile=False, channels_last=False)))  # fmt: skip
-    prompts = draw_long_prompts(args.count, args.seed, args.long_share)
+    prompts = draw_long_prompts(args.start + args.count, args.seed, args.long_share)[args.start :]
     results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "methods": {}}
     pipes: dict[str, Any] = {}
     if args.methods:
-        pipes["shipped"] = load_pipeline(None)
+        pipes["shipped"] = load_pipeline(args.short_model)
         pipes["long"] = load_pipeline(args.long_model) if args.long_model else None
         pipes["keyframe"] = load_pipeline(args.keyframe_model) if args.keyframe_model else pipes["shipped"]
         pipes["tsr"] = load_pipeline(args.tsr_model) if args.tsr_model else pipes["shipped"]
@@ -240,12 +367,8 @@ def main() -> None:
         start = time.perf_counter()
         clips = run_method(method, prompts, args, pipes)
         seconds = (time.perf_counter() - start) / len(prompts)
-        if args.save_clips:  # uint8 [n, f, h, w, 3], to re-read later without generating again
-            Path(args.save_clips).mkdir(parents=True, exist_ok=True)
-            stacked = np.round(np.stack(clips) * 255).astype(np.uint8)
-            np.savez_compressed(
-                Path(args.save_clips) / f"{method}.npz", clips=stacked, prompts=np.array(prompts)
-            )
+        if args.save_clips:
+            save_clips(args.save_clips, method, clips, prompts, args, seconds)
         metrics = long_clip_metrics(clips, prompts)
         if not args.clips:
             metrics.pop("clips")
@@ -254,19 +377,7 @@ def main() -> None:
         if args.out:  # after every method, so a stopped run keeps what it finished
             Path(args.out).write_text(json.dumps(results, indent=2))
     if args.methods:
-        headers = ["method", *ROW, "bouncing", "periodic", "steady", "colour drift", "size drift", "s/clip"]
-        rows = []
-        for method, m in results["methods"].items():
-            acc, bounce, drift = m["accuracy"], m["bouncing"], m["drift"]
-            values = [*(acc.get(k) for k in ROW), bounce["motion_accuracy"], bounce["periodic_motion_accuracy"],
-                      bounce["steady"],
-                      drift["colour_median"], drift["size_median"]]  # fmt: skip
-            rows.append([method, *(harness.fmt(v, 3) for v in values), harness.fmt(m["seconds_per_clip"], 1)])
-        harness.print_table(headers, rows)
-        print(f"{len(prompts)} prompts (seed {args.seed}), {args.frames} frames, {args.steps} steps, guidance "
-              f"{args.guidance}; bouncing: all bounce prompts; periodic: those with a speed word (speed "
-              "included); steady: their share read as a bounce of steady period; drift: medians, first vs "
-              "last second")  # fmt: skip
+        print_table(results, len(prompts), args)
     if args.timing:
         results["timing"] = timing(args)
     if args.out:

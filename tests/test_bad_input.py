@@ -171,9 +171,12 @@ def video_bytes(tmp_path_factory) -> bytes:
         lambda data: b"",
         lambda data: b"not a video at all " * 50,
         lambda data: data[: len(data) // 2],
-        lambda data: data[: len(data) // 3] + b"\0" * 500 + data[len(data) // 3 + 500 :],
+        # the sample index (the 'moov' box, after the frame data here) zeroed. Zeroing frame data
+        # instead is not a test: H.264 decoders conceal damaged slices, and whether one raises
+        # depended on the run (a clean-CI run once decoded such a file without an error).
+        lambda data: data[: data.find(b"moov") - 4] + b"\0" * 500 + data[data.find(b"moov") + 496 :],
     ],
-    ids=["empty", "garbage", "truncated", "zeroed-middle"],
+    ids=["empty", "garbage", "truncated", "zeroed-index"],
 )
 @pytest.mark.parametrize("reader", [read_video, read_video_timed])
 def test_corrupted_video_file_names_the_file(tmp_path, video_bytes, damage, reader):

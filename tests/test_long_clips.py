@@ -2,7 +2,9 @@
 counter-examples), the deepened STUNet (identity at init, save/load) and the 80-frame configs."""
 
 import hashlib
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -269,3 +271,55 @@ def test_smoke_config_trains_exports_and_resumes(tmp_path):
     assert result.step == 3
     exported = STUNet.from_pretrained(Path(result.model_dir) / "stunet")
     assert exported.config.coarse_temporal_halvings == 2 and exported.temporal_factor == 16
+
+
+# ---- the comparison run in slices (bench/long_clip_compare.py) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def compare():
+    bench = str(REPO / "bench")
+    sys.path.insert(0, bench)
+    try:
+        import long_clip_compare
+
+        yield long_clip_compare
+    finally:
+        sys.path.remove(bench)
+
+
+def test_a_slice_of_the_prompts_gives_the_whole_runs_clips():
+    """Clip i is seeded by its place in the whole prompt list, so a run over prompts 1..2 makes
+    clips 1..2 of the run over 0..2 (the comparison's 200 prompts run in slices)."""
+    from lumiere.eval.evaluate import generate_clips
+    from lumiere.pipelines import LumierePipeline
+
+    pipe = LumierePipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=True)
+    prompts = draw_long_prompts(3, seed=0)
+    settings = dict(seed=5, num_frames=16, num_inference_steps=1, guidance_scale=5.0, batch_size=2)
+    whole = generate_clips(pipe, prompts, **settings)
+    part = generate_clips(pipe, prompts[1:], **settings, first_index=1)
+    for a, b in zip(whole[1:], part, strict=True):  # batched differently: float rounding only
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert not np.array_equal(whole[0], whole[1])  # the seeds differ from clip to clip
+
+
+def test_compare_merges_slices_in_order_and_refuses_gaps(compare, tmp_path):
+    prompts = draw_long_prompts(4, seed=3)
+    clips = [np.full((2, 4, 4, 3), i / 8, dtype=np.float32) for i in range(4)]
+
+    def save(name: str, start: int, stop: int, seed: int = 3):
+        args = SimpleNamespace(start=start, seed=seed, long_share=0.6)
+        compare.save_clips(str(tmp_path / name), "windows", clips[start:stop], prompts[start:stop], args, 2.0)
+        return str(tmp_path / name)
+
+    first, last = save("a", 0, 3), save("b", 3, 4)
+    merged = compare.merge_saved([last, first])["windows"]  # any order of the folders
+    assert merged["prompts"] == prompts
+    for a, b in zip(merged["clips"], clips, strict=True):
+        np.testing.assert_allclose(a, b, atol=1 / 255)
+    with pytest.raises(SystemExit, match="after prompt 1 the next slice starts at prompt 3"):
+        compare.merge_saved([save("c", 0, 2), last])
+    with pytest.raises(SystemExit, match="different --seed"):
+        compare.merge_saved([first, save("d", 3, 4, seed=4)])

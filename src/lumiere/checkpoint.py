@@ -9,9 +9,11 @@ A checkpoint is a directory ``step_XXXXXXXX/`` holding
     rng.safetensors         the global torch RNG state
     manifest.json           sha256 of every file above, written last
 
-A sharded checkpoint (FSDP, ``save_sharded_checkpoint``) holds, in place of the first three files,
-one file per process of its own shards (the weights, EMA and AdamW moments of the parameters it
-holds, safetensors: nothing unpickled), written by that process; ``state.json`` says how many:
+A sharded checkpoint (FSDP or DeepSpeed ZeRO, ``save_sharded_checkpoint``) holds, in place of the
+first three files, one file per process of its own pieces (FSDP: the weights, EMA and AdamW moments
+of the parameters it holds; ZeRO: its fp32 master partition, their EMA and AdamW moments;
+safetensors: nothing unpickled), written by that process; ``state.json`` says how many and which
+placement wrote them:
 
     shard_00000.safetensors ... shard_{N-1}.safetensors
 
@@ -264,7 +266,7 @@ def _publish(root: Path, step: int, tmp: Path, manifest: dict[str, str], keep: i
 
 
 # ---------------------------------------------------------------------------------------------
-# Sharded checkpoints (FSDP): one file of its own shards per process, written by all processes.
+# Sharded checkpoints (FSDP, ZeRO): one file of its own pieces per process, written by all processes.
 # ---------------------------------------------------------------------------------------------
 
 

@@ -14,9 +14,11 @@ the network, the data, the loss of a batch, the samples and the export. The loop
 - Exact resume: the data stream and every random draw of step ``s`` are functions of
   (seed, s, rank) (``lumiere.data.stream``), so restoring weights, optimizer, schedule and EMA
   continues the same run.
-- Past one process (``lumiere.distributed``): data parallel (DDP), or FSDP2 with parameters,
-  gradients, AdamW moments and the EMA sharded; under FSDP each process writes its own shards of a
-  checkpoint, and the samples and the export gather the whole EMA weights on the main process.
+- Past one process (``lumiere.distributed``): data parallel (DDP), FSDP2 with parameters,
+  gradients, AdamW moments and the EMA sharded, or DeepSpeed ZeRO-2/ZeRO-3 (its fp32 master
+  partitions, AdamW moments and their EMA per process; ``lumiere.distributed_zero``); sharded, each
+  process writes its own pieces of a checkpoint, and the samples and the export gather the whole
+  EMA weights on the main process.
 - Atomic checkpoints (``lumiere.checkpoint``); SIGTERM/SIGINT write a final checkpoint; a
   non-finite loss or gradient skips the step, and too many in a row stop the run. Metrics and
   config files are replaced atomically (``lumiere.files``); a full disk or a read-only folder stops
@@ -52,7 +54,7 @@ from lumiere.checkpoint import (
 from lumiere.config import TrainConfig, config_to_dict, load_config
 from lumiere.data.stream import step_batches, step_generator
 from lumiere.diffusion import DiffusionObjective
-from lumiere.distributed import Placement, full_state_dict, like, local
+from lumiere.distributed import Placement, like, local
 from lumiere.errors import OutputError
 from lumiere.files import describe_os_error, is_machine_fault, write_text_atomic
 from lumiere.stages import get_stage
@@ -105,7 +107,8 @@ class _StopFlag:
 class _Optimization:
     """AdamW over the trainable weights, linear warm-up, EMA of the trainable weights (for sampling
     and export), all placed as the run's ``Placement`` says: whole on every process, or sharded (the
-    EMA then holds the same shards as the weights, and checkpoints are per process)."""
+    EMA then holds the same shards as the weights, and checkpoints are per process). Under ZeRO
+    what AdamW updates and the EMA follows are DeepSpeed's fp32 master partitions (``params``)."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, placement: Placement):
         optim = config.optim
@@ -120,9 +123,9 @@ class _Optimization:
         # forward_model: what the steps call (DDP-wrapped, compiled); model: the
         # network itself, what is saved, loaded and exported.
         self.forward_model, self.model, self.optimizer = placement.place(
-            model, make_optimizer, config.model.compile
+            model, make_optimizer, config.model.compile, optim.batch_size, optim.grad_clip
         )
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.torch_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate's wrapper's
         self.lr_schedule = get_scheduler(
             "constant_with_warmup", self.torch_optimizer, num_warmup_steps=optim.warmup_steps
@@ -131,11 +134,38 @@ class _Optimization:
         # paper's size, Sec. 3.1's frozen image model, this spares a copy of 4.3 B weights).
         self.ema = EMAModel(self.params, decay=optim.ema_decay, use_ema_warmup=True, power=2 / 3)
         self.param_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        if placement.zero is not None:  # one flat partition per parameter group
+            self.param_names = [f"zero_partition_{group}" for group in range(len(self.params))]
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """What AdamW updates and the EMA follows: the trainable weights (under FSDP their
+        shards), or under ZeRO this process's master partitions."""
+        return self.placement.zero.masters() if self.placement.zero is not None else self._params
+
+    def backward_and_step(self, loss: torch.Tensor, grad_clip: float) -> tuple[torch.Tensor, bool]:
+        """Backward, clipping, AdamW (``Placement.backward_and_step``); on a step the warm-up
+        schedule and the EMA follow. (The global gradient norm, whether the step was taken.)"""
+        grad_norm, stepped = self.placement.backward_and_step(loss, self.optimizer, self.params, grad_clip)
+        if stepped:
+            self.lr_schedule.step()
+            self.ema.step(self.params)
+        return grad_norm, stepped
 
     def load(self, saved: dict[str, Any], path: Path) -> tuple[int, int]:
         """Restore a checkpoint (``load_latest_checkpoint``); returns (step, skipped steps)."""
         state = saved["state"]
-        self._check_layout(state, path)
+        check_layout(state, path, self.placement.name, self.placement.accelerator.num_processes)
+        zero = self.placement.zero
+        if zero is not None:
+            shard = saved["shard"]
+            masters = [shard[f"model.{n}"] for n in self.param_names]
+            zero.load(masters, shard, state["optimizer_param_groups"], path)
+            shadows = [like(m, shard[f"ema.{n}"]) for n, m in zip(self.param_names, self.params, strict=True)]
+            self.ema.load_state_dict({**state["ema"], "shadow_params": shadows})
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+            torch.set_rng_state(saved["rng"])
+            return int(state["step"]), int(state["skipped_steps"])
         if self.placement.sharded:
             shard = saved["shard"]
             model_state = {k[len("model.") :]: v for k, v in shard.items() if k.startswith("model.")}
@@ -159,25 +189,9 @@ class _Optimization:
         torch.set_rng_state(saved["rng"])
         return int(state["step"]), int(state["skipped_steps"])
 
-    def _check_layout(self, state: dict[str, Any], path: Path) -> None:
-        """A ``ValueError`` naming the checkpoint when it was written by a run placed otherwise."""
-        written = state.get("processes")  # sharded checkpoints: the number of processes
-        world = self.placement.accelerator.num_processes
-        if self.placement.sharded and written != world:
-            how = f"by {written} FSDP processes" if written else "whole (one process or DDP)"
-            raise ValueError(
-                f"checkpoint {path} was written {how}; this run shards over {world} processes under FSDP: "
-                f"resume it with the launch that wrote it (or start a new run from its exported model)"
-            )
-        if not self.placement.sharded and written:
-            raise ValueError(
-                f"checkpoint {path} holds the shards of {written} FSDP processes; resume it under the same "
-                "accelerate config and number of processes"
-            )
-
     def save(self, root: Path, step: int, skipped: int, config: TrainConfig, data: Any = None) -> None:
         """Write checkpoint ``step``: the main process alone when the weights are whole, every
-        process its own shards under FSDP."""
+        process its own pieces when sharded (FSDP: its shards; ZeRO: its master partitions)."""
         state = {
             "step": step,
             "skipped_steps": skipped,
@@ -199,14 +213,22 @@ class _Optimization:
                 keep=config.keep_checkpoints,
             )
             return
-        optimizer_state = self.torch_optimizer.state_dict()
-        shard = {f"model.{k}": local(v) for k, v in self.model.state_dict().items()}
-        shard |= {f"ema.{n}": local(s) for n, s in zip(self.param_names, self.ema.shadow_params, strict=True)}
-        for index, moments in optimizer_state["state"].items():
-            shard |= {f"optimizer.{index}.{key}": local(value) for key, value in moments.items()}
+        zero = self.placement.zero
+        shard = {f"ema.{n}": local(s) for n, s in zip(self.param_names, self.ema.shadow_params, strict=True)}
+        if zero is not None:  # the master partitions, their EMA and AdamW moments
+            shard |= {f"model.{n}": m for n, m in zip(self.param_names, self.params, strict=True)}
+            shard |= zero.optimizer_state()
+            param_groups = zero.param_groups()
+        else:
+            optimizer_state = self.torch_optimizer.state_dict()
+            shard |= {f"model.{k}": local(v) for k, v in self.model.state_dict().items()}
+            for index, moments in optimizer_state["state"].items():
+                shard |= {f"optimizer.{index}.{key}": local(value) for key, value in moments.items()}
+            param_groups = optimizer_state["param_groups"]
         state |= {
             "processes": self.placement.accelerator.num_processes,
-            "optimizer_param_groups": optimizer_state["param_groups"],
+            "placement": self.placement.name,
+            "optimizer_param_groups": param_groups,
             "lr_schedule": self.lr_schedule.state_dict(),
         }
         accelerator = self.placement.accelerator
@@ -243,8 +265,8 @@ class _Optimization:
             with self.ema_weights() as model:
                 yield model
             return
-        with self.ema_weights() as model:
-            whole = full_state_dict(model, keep=is_main)
+        with self.ema_weights() as model:  # ZeRO: the EMA in the master partitions, read from them
+            whole = self.placement.whole_state(model, keep=is_main)
         if not is_main:
             yield None
             return
@@ -252,6 +274,30 @@ class _Optimization:
             copy = build()
         copy.load_state_dict(whole)
         yield copy
+
+
+def check_layout(state: dict[str, Any], path: Path, placement: str, world: int) -> None:
+    """A ``ValueError`` naming the checkpoint when it was written by a run placed otherwise than
+    this one (``placement``: ``Placement.name``; ``world``: its number of processes)."""
+    written = state.get("processes")  # sharded checkpoints: the number of processes
+    written_by = state.get("placement", "fsdp") if written else "replicated"  # FSDP's carried no name
+    names = {"fsdp": "FSDP", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
+    if placement != "replicated" and (written != world or written_by != placement):
+        how = (
+            f"by {written} {names.get(written_by, written_by)} processes"
+            if written
+            else "whole (one process or DDP)"
+        )
+        raise ValueError(
+            f"checkpoint {path} was written {how}; this run shards over {world} processes under "
+            f"{names.get(placement, placement)}: resume it with the launch that wrote it (same accelerate config "
+            "and number of processes), or start a new run from its exported model"
+        )
+    if placement == "replicated" and written:
+        raise ValueError(
+            f"checkpoint {path} holds the shards of {written} {names.get(written_by, written_by)} processes; "
+            "resume it under the same accelerate config and number of processes"
+        )
 
 
 def _optimizer_state(
@@ -368,7 +414,9 @@ def _train(
     device, is_main = accelerator.device, accelerator.is_main_process
     checkpoints = output_dir / "checkpoints"
 
-    # 1. Stage, network, objective, text encoder.
+    # 1. Placement (whole on each process, or sharded: lumiere.distributed; read from the launch,
+    #    so a setting it cannot run stops here), stage, network, objective, text encoder.
+    placement = Placement.of(accelerator)
     stage = get_stage(config.stage)(config)
     model = stage.build_model()
     if config.model.gradient_checkpointing:
@@ -378,9 +426,7 @@ def _train(
     objective = DiffusionObjective(stage.noise_scheduler())
     text_encoder = stage.load_text_encoder().to(device)
 
-    # 2. Placement (whole on each process, or sharded: lumiere.distributed), optimizer, warm-up
-    #    schedule, EMA.
-    placement = Placement.of(accelerator)
+    # 2. The network placed, optimizer, warm-up schedule, EMA.
     opt = _Optimization(model, config, placement)
     model = opt.forward_model
 
@@ -431,13 +477,11 @@ def _train(
         while step < config.optim.max_steps:
             generator = step_generator(config.seed, step, accelerator.process_index)
             loss = stage.training_loss(
-                model, objective, next(batches), text_encoder, generator, device, accelerator.autocast
+                model, objective, next(batches), text_encoder, generator, device, placement.autocast
             )
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(opt.params, config.optim.grad_clip)
+            grad_norm, stepped = opt.backward_and_step(loss, config.optim.grad_clip)
             # The all-reduced gradient norm is the same on every process, so all skip together.
-            if not torch.isfinite(torch.as_tensor(grad_norm)) or not torch.isfinite(loss):
-                opt.optimizer.zero_grad(set_to_none=True)
+            if not stepped:
                 skipped_total += 1
                 bad_in_row += 1
                 logger.warning(
@@ -452,10 +496,6 @@ def _train(
                 step += 1  # the step's data and noise are consumed, as in an uninterrupted run
                 continue
             bad_in_row = 0
-            opt.optimizer.step()
-            opt.lr_schedule.step()
-            opt.optimizer.zero_grad(set_to_none=True)
-            opt.ema.step(opt.params)
             step += 1
             metrics.add(loss)
             progress.update(1)

@@ -132,14 +132,19 @@ def generate_clips(
     batch_size: int,
     window: int | None = None,
     overlap: int | None = None,
+    first_index: int = 0,
 ) -> list[np.ndarray]:
     """Text-to-video clips ``[f, h, w, 3]`` for ``prompts``, in batches; clip i is seeded by
-    (seed, i) alone, so it does not depend on the batch size. ``window``/``overlap``: the base
-    model's temporal MultiDiffusion windows (clips longer than it was trained on)."""
+    (seed, first_index + i) alone, so it depends neither on the batch size nor on how a long
+    prompt list is split into runs (``first_index``: the position of ``prompts[0]`` in it).
+    ``window``/``overlap``: the base model's temporal MultiDiffusion windows (clips longer than
+    it was trained on)."""
     clips: list[np.ndarray] = []
     for first in range(0, len(prompts), batch_size):
         batch = prompts[first : first + batch_size]
-        generators = [torch.Generator().manual_seed(seed * 100_003 + first + i) for i in range(len(batch))]
+        generators = [
+            torch.Generator().manual_seed(seed * 100_003 + first_index + first + i) for i in range(len(batch))
+        ]
         frames = pipe(
             batch,
             num_frames=num_frames,
