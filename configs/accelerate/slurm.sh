@@ -14,6 +14,10 @@ shift 2
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MAIN_PORT=${MAIN_PORT:-29500}
+# DeepSpeed files: each node starts its own processes (Accelerate's default for them, pdsh, would
+# start every node's from node 0 over ssh). srun passes the variable on to every node.
+export MULTINODE_LAUNCHER=""
+case "$ACCELERATE_CONFIG" in *deepspeed*) MULTINODE_LAUNCHER="--deepspeed_multinode_launcher standard" ;; esac
 
 # SLURM_NODEID is each node's rank; the single quotes let every node read its own.
 srun --kill-on-bad-exit=1 bash -c 'accelerate launch \
@@ -23,6 +27,6 @@ srun --kill-on-bad-exit=1 bash -c 'accelerate launch \
   --machine_rank "$SLURM_NODEID" \
   --main_process_ip "$2" \
   --main_process_port "$3" \
-  --rdzv_backend static \
+  --rdzv_backend static $MULTINODE_LAUNCHER \
   -m lumiere.cli train "$4" "${@:5}"' \
   "$ACCELERATE_CONFIG" "$GPUS_PER_NODE" "$MAIN_HOST" "$MAIN_PORT" "$TRAIN_CONFIG" "$@"
