@@ -81,7 +81,9 @@ def odd_folder(root: Path) -> dict[str, str | None]:
     (root / "empty.mp4").write_bytes(b"")
     (root / "empty.txt").write_text("nothing")
     expected["empty.mp4"] = "empty"
-    (root / "corrupt.mp4").write_bytes(os.urandom(4096))
+    # seeded noise: fresh random bytes (os.urandom) were once probed by FFmpeg as a video it could
+    # decode (a clean-CI run counted corrupt.mp4 as a clip); these bytes are not
+    (root / "corrupt.mp4").write_bytes(np.random.default_rng(4096).bytes(4096))
     (root / "corrupt.txt").write_text("noise")
     expected["corrupt.mp4"] = "unreadable"
     good = (root / "clip_000.mp4").read_bytes()
