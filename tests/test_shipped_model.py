@@ -21,7 +21,7 @@ from lumiere.pipelines import DEFAULT_MODEL_DIR, LumierePipeline
 PROMPT = "a red circle moving right on a black background"
 STEPS = 12
 # Measured on the shipped SSR at STEPS (session 4, docs/default_model.md): the SSR clip averaged
-# back down is 39.0 dB from the base clip; on the real clip it is 1.3 dB above bilinear (1.8 dB at
+# back down is 39.0 dB from the base clip; on the rendered clip it is 1.3 dB above bilinear (1.8 dB at
 # 25 steps). The thresholds leave a margin for other CPUs' floating point.
 SSR_CONSISTENCY_DB = 33.0
 SSR_GAIN_DB = 0.5
@@ -42,7 +42,7 @@ def pipe() -> LumierePipeline:
 
 @pytest.fixture(scope="module")
 def clip() -> np.ndarray:
-    """A real clip of PROMPT ``[16, 32, 32, 3]`` in [0, 1]."""
+    """A rendered clip of PROMPT ``[16, 32, 32, 3]`` in [0, 1] (MovingShapes)."""
     return real_clips_for([PROMPT], 16, 32, seed=7)[0]
 
 
@@ -119,9 +119,9 @@ def test_shipped_pipeline_runs_base_then_ssr(ssr_pipe):
     assert psnr(down.permute(0, 2, 3, 1).numpy(), base) >= SSR_CONSISTENCY_DB
 
 
-def test_shipped_ssr_beats_bilinear_on_a_real_clip(ssr_pipe):
+def test_shipped_ssr_beats_bilinear_on_a_rendered_clip(ssr_pipe):
     scale = ssr_pipe.ssr_scale
-    truth = real_clips_for([PROMPT], 16, 32 * scale, seed=11)[0]  # [16, 64, 64, 3]
+    truth = real_clips_for([PROMPT], 16, 32 * scale, seed=11)[0]  # [16, 64, 64, 3], rendered shapes
     low = torch.nn.functional.avg_pool2d(
         torch.from_numpy(truth).permute(0, 3, 1, 2), scale
     )  # [16, 3, 32, 32]

@@ -75,6 +75,7 @@ class DataConfig:
     length_buckets: list[int] | None = None  # shards: frame counts, a clip takes the longest it holds; None: data.num_frames
     photos: list[str] | None = None  # photos: scikit-image photograph names; None: lumiere.data.photos.TRAIN_PHOTOS (the held-out PHOTOS stay for evaluation)
     shapes_fraction: float = 0.0  # photos: share of MovingShapes clips mixed in, so a model keeps what it knew of them
+    soft_share: float = 0.0  # photos: share of the photo clips blurred (lumiere.data.photos.soften), as soft real footage is
 
 
 @dataclass
@@ -166,10 +167,15 @@ class TrainConfig:
             check_motion_mix(self.data.motion_mix, name="config key data.motion_mix")
             if self.data.kind != "shapes" or stage.image_data:
                 raise ValueError("config key data.motion_mix applies to shapes data in video stages only")
-        if self.data.kind != "photos" and (self.data.photos is not None or self.data.shapes_fraction):
-            raise ValueError("config keys data.photos and data.shapes_fraction apply to data.kind 'photos' only")
-        if not 0 <= self.data.shapes_fraction <= 1:
-            raise ValueError(f"config key data.shapes_fraction must be in [0, 1], got {self.data.shapes_fraction}")
+        if self.data.kind != "photos" and (
+            self.data.photos is not None or self.data.shapes_fraction or self.data.soft_share
+        ):
+            raise ValueError(
+                "config keys data.photos, data.shapes_fraction and data.soft_share apply to data.kind 'photos' only"
+            )
+        for key in ("shapes_fraction", "soft_share"):
+            if not 0 <= getattr(self.data, key) <= 1:
+                raise ValueError(f"config key data.{key} must be in [0, 1], got {getattr(self.data, key)}")
         if self.data.frame_step < 1 or (self.data.frame_step > 1 and self.data.kind != "shapes"):
             raise ValueError("config key data.frame_step must be >= 1, and 1 unless data.kind is 'shapes'")
         if self.model.coarse_temporal_halvings < 0:

@@ -45,6 +45,9 @@ TRAIN_PHOTOS = {
     "page": "a printed page",
 }
 MOTIONS = ("pan left", "pan right", "pan up", "pan down", "zoom in", "zoom out")
+# Gaussian sigma (output pixels) of a softened clip: a defocused lens or a compressed video, whose
+# frames hold less detail than the sharp photographs; real footage is often that soft.
+SOFT_SIGMA = (0.5, 2.0)
 
 
 @lru_cache(maxsize=32)
@@ -152,6 +155,8 @@ class PhotoClips(Dataset):
     statistics are not all grey. Items: {"video": float32 [3, f, h, w] in [-1, 1], "caption": str}.
     With ``shapes_fraction`` > 0 that share of the items (every item i with a draw below it) are
     MovingShapes clips instead (``lumiere.data.shapes``), so a model keeps what it knew of them.
+    With ``soft_share`` > 0 that share of the photo clips is blurred (``soften``, sigma drawn in
+    ``SOFT_SIGMA``), so an SSR learns to add no detail a soft clip does not have.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class PhotoClips(Dataset):
         photos: Sequence[str] | None = None,  # names in TRAIN_PHOTOS or PHOTOS; None: TRAIN_PHOTOS
         shapes_fraction: float = 0.0,  # share of MovingShapes clips among the items, in [0, 1]
         crop_range: tuple[float, float] = (0.12, 0.9),  # window height over the photo's shorter side
+        soft_share: float = 0.0,  # share of the photo clips blurred, in [0, 1]
     ) -> None:
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -170,6 +176,8 @@ class PhotoClips(Dataset):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         if not 0.0 <= shapes_fraction <= 1.0:
             raise ValueError(f"shapes_fraction must be in [0, 1], got {shapes_fraction}")
+        if not 0.0 <= soft_share <= 1.0:
+            raise ValueError(f"soft_share must be in [0, 1], got {soft_share}")
         if not 0.0 < crop_range[0] <= crop_range[1] <= 1.0:
             raise ValueError(f"crop_range must be 0 < low <= high <= 1, got {crop_range}")
         self.photos = tuple(TRAIN_PHOTOS if photos is None else photos)
@@ -179,6 +187,7 @@ class PhotoClips(Dataset):
             photo(name)  # a clear error for an unknown name, before training starts
         self.length, self.num_frames, self.resolution = int(length), int(num_frames), int(resolution)
         self.seed, self.shapes_fraction, self.crop_range = int(seed), float(shapes_fraction), crop_range
+        self.soft_share = float(soft_share)
         self._shapes = None
         if shapes_fraction > 0:
             from lumiere.data.shapes import MovingShapes
@@ -229,7 +238,21 @@ class PhotoClips(Dataset):
         if rng.integers(2):
             frames = frames[:, :, ::-1]
             motion = {"pan left": "pan right", "pan right": "pan left"}.get(motion, motion)
+        # Drawn last and only when asked, so a clip without softening is the one drawn before it existed.
+        if self.soft_share > 0 and rng.uniform() < self.soft_share:
+            frames = soften(frames, float(rng.uniform(*SOFT_SIGMA)))
         return np.ascontiguousarray(frames), caption_for(TRAIN_PHOTOS.get(name) or PHOTOS[name], motion)
+
+
+def soften(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Frames uint8 [f, h, w, 3] blurred in space by a Gaussian of ``sigma`` pixels (scipy, reflected
+    borders) -> uint8 [f, h, w, 3]; frames are not mixed."""
+    from scipy.ndimage import gaussian_filter
+
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    soft = gaussian_filter(frames.astype(np.float32), sigma=(0, sigma, sigma, 0), mode="reflect")
+    return np.round(soft).clip(0, 255).astype(np.uint8)
 
 
 _GRAYSCALE = frozenset({"brick", "grass", "gravel", "moon", "coins", "clock", "page", "camera"})

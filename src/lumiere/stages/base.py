@@ -148,6 +148,7 @@ class Stage:
                 seed=data.seed,
                 photos=data.photos,
                 shapes_fraction=data.shapes_fraction,
+                soft_share=data.soft_share,
             )
             finite = data.length is not None
         elif data.kind == "shards":  # streamed: batches formed by the readers (lumiere.data.streaming)
