@@ -85,14 +85,16 @@ def with_shipped_ssr(pipe):
 
     shipped = load_pipeline(None)
     config = shipped.config
+    # every ssr_* setting of the shipped pipeline (its steps, strength, residual scale, ...): the
+    # SSR runs exactly as `lumiere generate` runs it
+    ssr_settings = {key: value for key, value in config.items() if key.startswith("ssr_")}
     combined = LumierePipeline(
         stunet=pipe.stunet,
         text_encoder=pipe.text_encoder,
         scheduler=pipe.scheduler,
         ssr=shipped.ssr,
-        ssr_scale=config.ssr_scale,
-        ssr_residual=config.ssr_residual,
-        ssr_upsample=config.ssr_upsample,
+        vae=getattr(shipped, "vae", None),
+        **ssr_settings,
     )
     combined.set_progress_bar_config(disable=True)
     return combined
