@@ -81,21 +81,9 @@ def with_shipped_ssr(pipe):
     export holds the base model alone; the shipped pipeline pairs it with the package's SSR)."""
     if pipe.ssr is not None:
         return pipe
-    from lumiere.pipelines import LumierePipeline
-
-    shipped = load_pipeline(None)
-    config = shipped.config
-    # every ssr_* setting of the shipped pipeline (its steps, strength, residual scale, ...): the
-    # SSR runs exactly as `lumiere generate` runs it
-    ssr_settings = {key: value for key, value in config.items() if key.startswith("ssr_")}
-    combined = LumierePipeline(
-        stunet=pipe.stunet,
-        text_encoder=pipe.text_encoder,
-        scheduler=pipe.scheduler,
-        ssr=shipped.ssr,
-        vae=getattr(shipped, "vae", None),
-        **ssr_settings,
-    )
+    # with every SSR setting of the shipped pipeline (steps, strength, residual scale): the SSR
+    # runs exactly as `lumiere generate` runs it
+    combined = pipe.with_ssr(load_pipeline(None))
     combined.set_progress_bar_config(disable=True)
     return combined
 
