@@ -15,6 +15,7 @@ by bilinear interpolation (antialias off, align_corners False), then compared wi
     python bench/ssr_real.py                    # the shipped model, 6 photo clips + 2 camera clips
     python bench/ssr_real.py --model default --model runs/ssr_real/model --steps 2 4 25 --shapes 6
     python bench/ssr_real.py --steps 1 --noise-level 0 20   # one call from noise, with and without augmentation
+    python bench/ssr_real.py --steps 1 --draws 1 2 4        # the mean of 1, 2 and 4 samples per clip
 
 Rows: bicubic, bilinear, then each ``--model`` at each ``--steps``; one table per domain (real;
 with ``--shapes``, rendered moving shapes too), each with the worst clip's PSNR against bicubic.
@@ -104,6 +105,8 @@ def main() -> None:
                         help="share of the schedule run from the noised interpolation (ssr_strength), one row each")  # fmt: skip
     parser.add_argument("--noise-level", type=int, nargs="+", default=[SAMPLING_NOISE_LEVEL],
                         help="augmentation of the low-res clip (ssr_noise_level, a timestep; 0: none), one row each")  # fmt: skip
+    parser.add_argument("--draws", type=int, nargs="+", default=[None],
+                        help="SSR samples averaged per clip, one row each (default: the model's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -133,9 +136,11 @@ def main() -> None:
             }
             seconds = {}
             for name, pipe in pipes.items():
-                for steps, strength, level in itertools.product(args.steps, args.strength, args.noise_level):
+                for steps, strength, level, draws in itertools.product(args.steps, args.strength, args.noise_level,
+                                                                       args.draws):  # fmt: skip
                     label = f"{name} / {steps} steps" + (f" x strength {strength:g}" if strength < 1 else "")
                     label += f" / noise level {level}" if level != SAMPLING_NOISE_LEVEL else ""
+                    label += f" / mean of {draws} draws" if draws is not None else ""
                     start = time.perf_counter()
                     outputs[label] = pipe.upsample(
                         low.permute(0, 2, 3, 1).numpy()[None],
@@ -143,6 +148,7 @@ def main() -> None:
                         num_inference_steps=steps,
                         strength=strength,
                         noise_level=level,
+                        draws=draws,
                         generator=torch.Generator().manual_seed(0),
                     ).frames[0]
                     seconds[label] = time.perf_counter() - start

@@ -457,7 +457,7 @@ def test_cli_upsample_and_generate(saved_pipe, tmp_path):
     write_video(source, low_res_clip(num_frames=5)[0], fps=4.0)
     out = tmp_path / "high.mp4"
     argv = ["upsample", str(source), "-o", str(out), "--prompt", PROMPT, "--model", str(saved_pipe),
-            "--steps", "1", "--window", "3", "--overlap", "1"]  # fmt: skip
+            "--steps", "1", "--window", "3", "--overlap", "1", "--draws", "2"]  # fmt: skip
     assert main(argv) == 0
     frames, fps = read_video(out)
     assert frames.shape == (5, 32, 32, 3) and fps == pytest.approx(4.0)
@@ -491,6 +491,7 @@ def test_cli_upsample_and_generate(saved_pipe, tmp_path):
             "argument --frames: must be a positive multiple of 2 for this model (e.g. 2, 4 or 16), or longer than --window, got 5",
         ),
         (["--height", "9"], "argument --height: must be a positive multiple of 2 for this model, got 9"),
+        (["--ssr-draws", "0"], "argument --ssr-draws: must be an integer >= 1, got 0"),
         (
             ["--no-upsample", "--ssr-window", "4", "--ssr-overlap", "4"],
             "argument --ssr-overlap: must be an integer >= 0 and < --ssr-window (4), got 4",
@@ -513,6 +514,7 @@ def test_cli_generate_bad_window_options_exit_2(saved_pipe, tmp_path, capsys, op
             "argument --overlap: must be an integer >= 0 and < --window (4), got 4",
         ),
         (["--noise-level", "1000"], "argument --noise-level: must be an integer timestep in [0, 999]"),
+        (["--draws", "0"], "argument --draws: must be an integer >= 1, got 0"),
     ],
 )
 def test_cli_upsample_bad_options_exit_2_naming_the_option(saved_pipe, tmp_path, capsys, options, message):
@@ -618,3 +620,42 @@ def test_a_pipeline_keeps_its_ssr_sampling_defaults(pipe, tmp_path):
         LumierePipeline.from_stunet(pipe.stunet, ssr=pipe.ssr, ssr_speed=2)
     with pytest.raises(ValueError, match="ssr_strength=0"):
         LumierePipeline.from_stunet(pipe.stunet, ssr=pipe.ssr, ssr_strength=0)
+
+
+def test_ssr_draws_average_samples_from_further_noise(pipe, tmp_path):
+    residual = LumierePipeline(pipe.stunet, pipe.text_encoder, pipe.scheduler, ssr=pipe.ssr, ssr_residual=True)
+    residual.set_progress_bar_config(disable=True)
+    low = low_res_clip(num_frames=4)
+    calls = []
+    hook = residual.ssr.register_forward_hook(lambda *_: calls.append(1))
+    one = residual.upsample(low, PROMPT, num_inference_steps=2, generator=seeded(0)).frames
+    assert len(calls) == 2
+    calls.clear()
+    two = residual.upsample(low, PROMPT, num_inference_steps=2, draws=2, generator=seeded(0)).frames
+    hook.remove()
+    assert len(calls) == 4  # every draw runs the whole schedule, from a fresh solver state
+    np.testing.assert_array_equal(two, residual.upsample(low, PROMPT, num_inference_steps=2, draws=2,
+                                                         generator=seeded(0)).frames)  # fmt: skip
+    assert np.abs(two - one).max() > 1e-3
+    # The mean of 4 draws varies less from seed to seed than one draw does (Monte Carlo: ~1/2).
+    spread = {
+        draws: np.stack([residual.upsample(low, PROMPT, num_inference_steps=1, draws=draws, generator=seeded(seed),
+                                           output_type="np").frames for seed in range(4)]).std(0).mean()  # fmt: skip
+        for draws in (1, 4)
+    }
+    assert spread[4] < 0.75 * spread[1], spread
+    # A pipeline's default number of draws is saved with it and used by its calls.
+    tuned = LumierePipeline.from_stunet(pipe.stunet, text_encoder=pipe.text_encoder, ssr=pipe.ssr,
+                                        ssr_residual=True, ssr_draws=2)  # fmt: skip
+    tuned.save_pretrained(tmp_path / "tuned")
+    loaded = LumierePipeline.from_pretrained(tmp_path / "tuned")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.ssr_draws == 2
+    np.testing.assert_array_equal(loaded.upsample(low, PROMPT, num_inference_steps=2, generator=seeded(0)).frames, two)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="ssr_draws"):
+            residual(PROMPT, num_frames=4, num_inference_steps=2, ssr_draws=bad)
+        with pytest.raises(ValueError, match="draws"):
+            residual.upsample(low, PROMPT, draws=bad)
+    with pytest.raises(ValueError, match="ssr_draws=0"):
+        LumierePipeline.from_stunet(pipe.stunet, ssr=pipe.ssr, ssr_draws=0)

@@ -61,7 +61,7 @@ OPTION_OF_ARGUMENT = {
     "ssr_window": "--ssr-window", "ssr_overlap": "--ssr-overlap", "ssr_chunk_size": "--ssr-chunk-size",
     "ssr_steps": "--ssr-steps", "ssr_strength": "--ssr-strength", "cache_interval": "--cache-interval",
     "guidance_end": "--guidance-end",
-    "ssr_cache_interval": "--ssr-cache-interval",
+    "ssr_cache_interval": "--ssr-cache-interval", "ssr_draws": "--ssr-draws", "draws": "--draws",
 }
 # fmt: on
 SSR_DEFAULTS = SSROptions()  # the SSR options' defaults, shown in --help
@@ -361,9 +361,10 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         type=_int_at_least(1),
         default=None,
         metavar="N",
-        help="SSR denoising steps, >= 1 (default: the model's, 8 for the shipped one; else --steps)",
+        help="SSR denoising steps, >= 1 (default: the model's, 1 for the shipped one; else --steps)",
     )
     _add_ssr_strength_option(parser, "--ssr-strength", "the SSR's schedule", "the base clip")
+    _add_ssr_draws_option(parser, "--ssr-draws")
     _add_speed_options(parser)
 
 
@@ -375,7 +376,19 @@ def _add_ssr_strength_option(parser: argparse.ArgumentParser, flag: str, what: s
         default=None,
         metavar="F",
         help=f"share of {what} run, from the noised interpolation of {source}, in (0, 1]; 1: from pure noise "
-        "(default: the model's, 0.25 for the shipped one)",
+        "(default: the model's, 1 for the shipped one)",
+    )
+
+
+def _add_ssr_draws_option(parser: argparse.ArgumentParser, flag: str) -> None:
+    """The SSR's ``draws`` (``SSROptions.draws``) as ``flag``; None: the model's default."""
+    parser.add_argument(
+        flag,
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="SSR samples averaged per clip, >= 1: their mean is closer to the true clip in PSNR, at N times "
+        "the SSR's network calls (default: the model's, 1 for the shipped one)",
     )
 
 
@@ -512,7 +525,8 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     # One CPU generator per clip: clip i is reproducible alone with --seed seed + i.
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_videos)]
     ssr_options = SSROptions(args.ssr_window, args.ssr_overlap, args.ssr_chunk_size, steps=args.ssr_steps,
-                             cache_interval=args.ssr_cache_interval, strength=args.ssr_strength)  # fmt: skip
+                             cache_interval=args.ssr_cache_interval, strength=args.ssr_strength,
+                             draws=args.ssr_draws)  # fmt: skip
     # Options map one to one onto the pipeline's keywords (here and in upsample's call): the two
     # calls share their shape (keyword=args.option), not logic. What the model cannot take (a window
     # not a multiple of its temporal factor, a mask that does not fit, too little memory) the
@@ -568,17 +582,20 @@ def _generate_runs(pipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
         ssr_factor = pipe.ssr_scale * factor // (factor if getattr(pipe, "ssr_latent", False) else 1)
         runs.append(dict(stunet=pipe.ssr, batch=args.num_videos, num_frames=num_frames,
                          height=height * ssr_factor, width=width * ssr_factor, guidance=guided,
-                         steps=_ssr_calls(pipe, args.ssr_steps or pipe.ssr_steps or args.steps, args.ssr_strength),
+                         steps=_ssr_calls(pipe, args.ssr_steps or pipe.ssr_steps or args.steps, args.ssr_strength,
+                                          args.ssr_draws),
                          window=args.ssr_window, overlap=args.ssr_overlap,
                          chunk_size=args.ssr_chunk_size))  # fmt: skip
     return runs
 
 
-def _ssr_calls(pipe: Any, steps: int, strength: float | None) -> int:
-    """Network calls per window of an SSR pass of ``steps`` at ``strength`` (None: the model's)."""
+def _ssr_calls(pipe: Any, steps: int, strength: float | None, draws: int | None) -> int:
+    """Network calls per window of an SSR pass of ``steps`` at ``strength``, ``draws`` times (None:
+    the model's)."""
     from lumiere.pipelines.lumiere import sdedit_step_count
 
-    return sdedit_step_count(steps, pipe.ssr_strength if strength is None else strength)
+    draws = getattr(pipe, "ssr_draws", 1) if draws is None else draws
+    return sdedit_step_count(steps, pipe.ssr_strength if strength is None else strength) * draws
 
 
 def _check_time(parser: argparse.ArgumentParser, args: argparse.Namespace, pipe: Any, runs: list[dict[str, Any]]) -> None:
@@ -630,9 +647,10 @@ def _add_upsample(parser: argparse.ArgumentParser) -> None:
     _add_ssr_window_options(parser, prefix="", what="")
     _add_sampling_options(
         parser, SSR_DEFAULTS.guidance_scale, "(<= 1: no guidance; the input fixes the content)",
-        steps=None, steps_help=" (default: the model's, 8 for the shipped one; else 25)",
+        steps=None, steps_help=" (default: the model's, 1 for the shipped one; else 25)",
     )  # fmt: skip
     _add_ssr_strength_option(parser, "--strength", "the schedule", "the input")
+    _add_ssr_draws_option(parser, "--draws")
     parser.add_argument(
         "--noise-level",
         type=_int_at_least(0),
@@ -676,7 +694,7 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_time(parser, args, pipe, [dict(
         stunet=pipe.ssr, batch=1, num_frames=num_frames, height=height * pipe.ssr_scale,
         width=width * pipe.ssr_scale, guidance=args.guidance > 1.0,
-        steps=_ssr_calls(pipe, args.steps or pipe.ssr_steps or 25, args.strength), window=args.window,
+        steps=_ssr_calls(pipe, args.steps or pipe.ssr_steps or 25, args.strength, args.draws), window=args.window,
         overlap=args.overlap, chunk_size=args.chunk_size,
     )])  # fmt: skip
     try:
@@ -694,6 +712,7 @@ def _run_upsample(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         guidance_scale=args.guidance,
         noise_level=args.noise_level,
         strength=args.strength,
+        draws=args.draws,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="np",
     ).frames[0]  # [f, H, W, 3] in [0, 1]

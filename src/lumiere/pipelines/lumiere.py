@@ -103,6 +103,7 @@ SSR_SETTINGS: dict[str, Any] = {
     "ssr_residual_scale": 1.0,  # the detail's training scale (model.ssr_residual_scale)
     "ssr_steps": None,  # default denoising steps; None: the base model's
     "ssr_strength": 1.0,  # default share of the schedule from the noised interpolation; 1: from noise
+    "ssr_draws": 1,  # default SSR samples averaged per clip (SSROptions.draws)
 }
 
 # Samplers by CLI name: scheduler class and the arguments that make it that sampler.
@@ -181,6 +182,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         ssr_residual_scale: float = 1.0,
         ssr_steps: int | None = None,
         ssr_strength: float = 1.0,
+        ssr_draws: int = 1,
     ):
         super().__init__()
         if stunet is None and ssr is None:
@@ -209,6 +211,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             raise ValueError(f"ssr_steps={ssr_steps!r}: must be None or an integer >= 1")
         if isinstance(ssr_strength, bool) or not 0 < ssr_strength <= 1:
             raise ValueError(f"ssr_strength={ssr_strength!r}: must be in (0, 1]")
+        if isinstance(ssr_draws, bool) or not isinstance(ssr_draws, int) or ssr_draws < 1:
+            raise ValueError(f"ssr_draws={ssr_draws!r}: must be an integer >= 1")
         self.register_to_config(
             ssr_scale=ssr_scale,
             ssr_residual=ssr_residual,
@@ -217,6 +221,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             ssr_residual_scale=float(ssr_residual_scale),
             ssr_steps=ssr_steps,
             ssr_strength=float(ssr_strength),
+            ssr_draws=ssr_draws,
         )
 
     @classmethod
@@ -289,6 +294,11 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     def ssr_strength(self) -> float:
         """The SSR's default share of the schedule (``SSROptions.strength`` None takes it); 1: from noise."""
         return float(self.config.get("ssr_strength", 1.0))
+
+    @property
+    def ssr_draws(self) -> int:
+        """The SSR samples averaged per clip by default (``SSROptions.draws`` None takes it); 1: one."""
+        return int(self.config.get("ssr_draws", 1))
 
     @property
     def ssr_latent(self) -> bool:
@@ -730,6 +740,9 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             raise InvalidArgument(
                 name["chunk_size"], "must be an integer >= 1 (windows per call)", chunk_size
             )
+        draws = options.draws
+        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+            raise InvalidArgument(name["draws"], "must be an integer >= 1 (SSR samples averaged per clip)", draws)
         if steps < 1:
             raise InvalidArgument(name["steps"], "must be >= 1", steps)
         if guidance_scale < 0:
@@ -778,7 +791,10 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         ``[b, 3, f, H, W]``, MultiDiffusion over ``windows``.
 
         Draws, per clip from its generator: the initial noise, then the augmentation noise of the
-        low-res clip (fixed level ``options.noise_level`` for every clip).
+        low-res clip (fixed level ``options.noise_level`` for every clip), then the initial noise of
+        each further sample when ``options.draws`` > 1. Those samples share the conditioning and are
+        averaged: a Monte Carlo estimate of the posterior mean, the best output in PSNR (docs/data.md:
+        with one call from noise, 2 draws lift the soft bikes footage above bicubic).
         """
         device = self._execution_device
         batch, _, num_frames, height, width = low_res.shape
@@ -786,10 +802,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         shape = (batch, sample_channels(self.ssr, self.scheduler), num_frames, *size)
         options = self.resolve_ssr_options(options, 25)  # defaults left open: the pipeline's
 
-        # 1. Timesteps and initial noise [b, c, f, H, W].
-        self.scheduler.set_timesteps(options.steps, device=device)
-        sample = self.prepare_noise(shape, generator, None, device)
-        timesteps = self.scheduler.timesteps
+        # 1. Initial noise [b, c, f, H, W] (of the first draw).
+        noise = self.prepare_noise(shape, generator, None, device)
 
         # 2. Conditioning: the upsampled low-res clip, noise-augmented at a fixed level.
         augmentation = _randn_per_clip((batch, low_res.shape[1], *shape[2:]), generator, device)
@@ -799,31 +813,41 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             low_res, size, levels, augmentation, _alphas_cumprod(self.scheduler), self.ssr_upsample
         )
         del augmentation
-
-        # 2b. strength < 1: start from the interpolated clip (for a residual SSR: zero detail) noised
-        #     to the last ``strength`` of the schedule, as SDEdit starts from a given clip (Meng et al.
-        #     2022): the SSR only diffuses the fine detail, in fewer steps, at any ``steps``.
+        # strength < 1: start from the interpolated clip (for a residual SSR: zero detail) noised to
+        # the last ``strength`` of the schedule, as SDEdit starts from a given clip (Meng et al.
+        # 2022): the SSR only diffuses the fine detail, in fewer steps, at any ``steps``.
+        interpolated = None
         if options.strength < 1.0:
-            timesteps = self.sdedit_timesteps(options.steps, options.strength)
-            start = torch.zeros(shape, device=device) if self.ssr_residual else upsample_video(
+            interpolated = torch.zeros(shape, device=device) if self.ssr_residual else upsample_video(
                 low_res, size, self.ssr_upsample)  # fmt: skip
-            sample = self.scheduler.add_noise(start, sample / self.scheduler.init_noise_sigma, timesteps[:1])
 
-        # 3. Denoising, window by window at every step (of the detail over the upsample, for a residual SSR).
-        sample = self.denoise(
-            sample,
-            cond,
-            uncond,
-            options.guidance_scale,
-            generator,
-            None,
-            model=self.ssr,
-            condition=condition,
-            windows=windows,
-            chunk_size=options.chunk_size,
-            cache_interval=options.cache_interval,
-            timesteps=timesteps,
-        )
+        # 3. Denoising, window by window at every step (of the detail over the upsample, for a
+        #    residual SSR); with draws > 1, again from the next initial noise, the samples averaged.
+        total = None
+        for draw in range(options.draws):
+            if draw:
+                noise = self.prepare_noise(shape, generator, None, device)
+            self.scheduler.set_timesteps(options.steps, device=device)  # a fresh solver state per draw
+            timesteps, sample = self.scheduler.timesteps, noise
+            if interpolated is not None:
+                timesteps = self.sdedit_timesteps(options.steps, options.strength)
+                sample = self.scheduler.add_noise(interpolated, noise / self.scheduler.init_noise_sigma, timesteps[:1])
+            sample = self.denoise(
+                sample,
+                cond,
+                uncond,
+                options.guidance_scale,
+                generator,
+                None,
+                model=self.ssr,
+                condition=condition,
+                windows=windows,
+                chunk_size=options.chunk_size,
+                cache_interval=options.cache_interval,
+                timesteps=timesteps,
+            )
+            total = sample if total is None else total + sample
+        sample = total / options.draws
         if self.ssr_residual:
             detail = sample / self.ssr_residual_scale
             sample = detail + upsample_video(low_res.to(dtype=sample.dtype), size, self.ssr_upsample)
@@ -845,6 +869,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         output_type: str = "np",  # "np", "pt" or "pil"
         return_dict: bool = True,
         strength: float | None = None,  # share of the schedule run from the noised interpolation; None: ssr_strength
+        draws: int | None = None,  # samples averaged per clip (their mean: best in PSNR); None: ssr_draws
     ) -> LumierePipelineOutput | tuple:
         """Upsample given clips ``ssr_scale`` times in height and width with the SSR model alone.
 
@@ -860,7 +885,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         prompts = prompts * batch if len(prompts) == 1 else prompts
         _check_per_clip(prompts, negative_prompt, generator, output_type, batch, "clips")
         options = SSROptions(window, overlap, chunk_size, num_inference_steps, guidance_scale, noise_level,
-                             strength=strength)  # fmt: skip
+                             strength=strength, draws=draws)  # fmt: skip
         options = self.resolve_ssr_options(options, 25)
         names = {field: field for field in SSROptions.fields()} | {"steps": "num_inference_steps"}
         factor = self.vae_scale_factor if self.ssr_latent else 1  # a latent SSR works on 8x smaller latents
@@ -1112,10 +1137,12 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
 
     def resolve_ssr_options(self, options: SSROptions, num_inference_steps: int) -> SSROptions:
         """``options`` with the defaults left open filled in: ``steps`` None -> the pipeline's
-        ``ssr_steps``, else ``num_inference_steps``; ``strength`` None -> the pipeline's ``ssr_strength``."""
+        ``ssr_steps``, else ``num_inference_steps``; ``strength`` None -> the pipeline's ``ssr_strength``;
+        ``draws`` None -> the pipeline's ``ssr_draws``."""
         steps = options.steps if options.steps is not None else self.ssr_steps or num_inference_steps
         strength = options.strength if options.strength is not None else self.ssr_strength
-        return dataclasses.replace(options, steps=steps, strength=strength)
+        draws = options.draws if options.draws is not None else self.ssr_draws
+        return dataclasses.replace(options, steps=steps, strength=strength, draws=draws)
 
     def prepare_timesteps_and_noise(
         self,
@@ -1160,7 +1187,7 @@ class SSROptions:
 
     ``pipe(prompt, ssr_options=SSROptions(window=4))``; the flat keywords ``ssr_window=``,
     ``ssr_overlap=``, ``ssr_chunk_size=``, ``ssr_steps=``, ``ssr_guidance_scale=``,
-    ``ssr_noise_level=``, ``ssr_cache_interval=`` and ``ssr_strength=`` build one.
+    ``ssr_noise_level=``, ``ssr_cache_interval=``, ``ssr_strength=`` and ``ssr_draws=`` build one.
     """
 
     window: int | None = SSR_WINDOW  # frames per temporal window; None: the whole clip at once
@@ -1171,6 +1198,7 @@ class SSROptions:
     noise_level: int = SAMPLING_NOISE_LEVEL  # augmentation of the base clip fed to the SSR (a timestep)
     cache_interval: int = 1  # a full network call every N steps, DeepCache in between (docs/speed.md); 1: always
     strength: float | None = None  # share of the schedule run from the noised interpolation; None: the pipeline's ssr_strength
+    draws: int | None = None  # SSR samples averaged per clip (the posterior mean, best in PSNR); None: the pipeline's ssr_draws
 
     @staticmethod
     def fields() -> list[str]:
