@@ -175,7 +175,7 @@ def main() -> None:
                   f"{s['flicker']:.2f} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "clips": rows, "steps": args.steps, "strength": args.strength,
-                                          "noise_level": args.noise_level}, indent=2))
+                                          "noise_level": args.noise_level, "draws": args.draws}, indent=2))
 
 
 if __name__ == "__main__":

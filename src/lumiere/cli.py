@@ -594,7 +594,7 @@ def _ssr_calls(pipe: Any, steps: int, strength: float | None, draws: int | None)
     the model's)."""
     from lumiere.pipelines.lumiere import sdedit_step_count
 
-    draws = getattr(pipe, "ssr_draws", 1) if draws is None else draws
+    draws = pipe.ssr_draws if draws is None else draws
     return sdedit_step_count(steps, pipe.ssr_strength if strength is None else strength) * draws
 
 
