@@ -153,6 +153,29 @@ def test_training_condition_per_task():
     assert not torch.equal(again.video, other.video)
 
 
+def test_keyframes_task_knows_every_kth_frame_from_a_random_phase():
+    """The training condition of a cascade's TSR (issue 33): keyframes known, the frames between generated."""
+    shapes = MovingShapes(length=8, num_frames=16, resolution=8, seed=0, mode="video")
+    x0 = torch.stack([shapes[i]["video"] for i in range(8)])  # [8, 3, 16, 8, 8]
+    condition, tasks = training_condition(x0, seeded(3), {"keyframes": 1.0}, keyframe_step=5)
+    known = condition.known[:, 0, :, 0, 0]  # [8, 16]: a frame is known whole or not at all
+    assert tasks == ["keyframes"] * 8 and (condition.known == known[:, None, :, None, None]).all()
+    phases = set()
+    for row in known:
+        frames = row.nonzero().flatten().tolist()
+        assert frames == list(range(frames[0], 16, 5)) and frames[0] < 5
+        phases.add(frames[0])
+    assert len(phases) > 1  # windows of a keyframed clip start anywhere between two keyframes
+    torch.testing.assert_close(condition.clip, x0 * condition.known)
+    with pytest.raises(ValueError, match="keyframe_step must be an integer >= 2"):
+        training_condition(x0, seeded(3), {"keyframes": 1.0}, keyframe_step=1)
+    # Four shares (a config written before the task existed) draw exactly as before.
+    four = dict(zip(("t2v", "i2v", "inpaint", "cinemagraph"), (0.4, 0.25, 0.2, 0.15), strict=True))
+    assert "keyframes" not in sample_tasks(500, seeded(1), four)
+    five = {**four, "keyframes": 0.5}
+    assert 0.2 < sample_tasks(500, seeded(1), five).count("keyframes") / 500 < 0.4
+
+
 def test_motion_region_covers_the_moving_object():
     clip = -torch.ones(3, 4, 16, 16)
     for frame in range(4):

@@ -1,7 +1,9 @@
 """Long clips (issue 33): long-motion data, the long-clip probe (on rendered truth and on
 counter-examples), the deepened STUNet (identity at init, save/load) and the 80-frame configs."""
 
+import copy
 import hashlib
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +33,8 @@ from lumiere.eval.long_clips import (
 )
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.stunet import STUNet
+from lumiere.models.text import load_text_encoder
+from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 ATTRS = {"background": "black", "shape": "circle", "colour": "red"}
@@ -71,6 +75,24 @@ def test_long_share_and_mix_draw_long_motions():
         MovingShapes(long_share=0.5, long_mix=[1, 1])
     with pytest.raises(ValueError, match="mode 'video' only"):
         MovingShapes(long_share=0.5, mode="image")
+
+
+def test_source_frames_gives_windows_of_the_long_clip():
+    """A cascade's TSR trains on windows of the long clips (data.source_frames)."""
+    long = MovingShapes(length=6, num_frames=80, resolution=16, seed=3, long_share=0.6)
+    windows = MovingShapes(length=6, num_frames=16, resolution=16, seed=3, long_share=0.6, source_frames=80)
+    starts = set()
+    for i in range(6):
+        clip, caption, _ = long.sample(i)
+        window, window_caption, _ = windows.sample(i)
+        assert window.shape[0] == 16 and window_caption == caption
+        matches = [s for s in range(65) if np.array_equal(clip[s : s + 16], window)]
+        assert matches
+        starts.add(matches[0])
+    assert len(starts) > 1
+    for bad in (dict(source_frames=8), dict(source_frames=80, frame_step=2)):
+        with pytest.raises(ValueError, match="source_frames must be >= num_frames"):
+            MovingShapes(num_frames=16, **bad)
 
 
 def test_frame_step_gives_the_keyframes_of_the_long_clip():
@@ -250,10 +272,87 @@ def test_the_coarse_level_learns():
     assert model.coarse_level.proj_out.conv.weight.grad.abs().sum() > 0
 
 
+# ---- a pipeline with a long-clip model -----------------------------------------------------------
+
+
+def _long_clip_pipelines():
+    """A pipeline whose long clips go to a deepened copy of its base model, and a pipeline of each model alone."""
+    short = _tiny_stunet()
+    long = copy.deepcopy(short)
+    long.deepen_time(halvings=1, num_layers=1)
+    with torch.no_grad():  # a fine-tuned coarse level: the long model no longer equals the short one
+        for p in long.coarse_level.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    encoder = load_text_encoder(None)
+    pipes = (
+        LumierePipeline(short, encoder, make_sampling_scheduler(), long_stunet=long, long_clip_frames=8),
+        LumierePipeline(short, encoder, make_sampling_scheduler()),
+        LumierePipeline(long, encoder, make_sampling_scheduler()),
+    )
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
+
+
+def _clip(pipe, frames, **kwargs):
+    generator = torch.Generator().manual_seed(4)
+    return pipe(ATTRS_PROMPT, num_frames=frames, num_inference_steps=2, generator=generator, output_type="pt",
+                **kwargs).frames  # fmt: skip
+
+
+ATTRS_PROMPT = "a red circle bouncing slowly on a black background"
+
+
+def test_long_clips_go_to_the_long_model_and_round_trip(tmp_path):
+    both, short_only, long_only = _long_clip_pipelines()
+    short, long = both.stunet, both.long_stunet
+    factor = long.temporal_factor  # 4: frames of the long model are multiples of it
+    assert both.base_model(4) is short and both.base_model(8) is long and both.base_model(12) is long
+    assert both.base_model(10) is short  # not a multiple of the long model's factor: the base model takes it
+    assert both.base_model(8, window=4) is short  # base windows are for the base model's length
+    assert factor == 4 and short.temporal_factor == 2
+
+    long_clip = _clip(both, 8)
+    torch.testing.assert_close(long_clip, _clip(long_only, 8), rtol=0, atol=0)
+    assert (long_clip - _clip(short_only, 8)).abs().max() > 1e-3  # the other model would differ
+    torch.testing.assert_close(_clip(both, 4), _clip(short_only, 4), rtol=0, atol=0)
+    torch.testing.assert_close(_clip(both, 10), _clip(short_only, 10), rtol=0, atol=0)
+
+    both.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["long_stunet"] == ["lumiere.models.stunet", "STUNet"] and index["long_clip_frames"] == 8
+    loaded = LumierePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.long_clip_frames == 8 and loaded.long_stunet.temporal_factor == factor
+    torch.testing.assert_close(_clip(loaded, 8), long_clip, rtol=0, atol=0)
+    short_only.save_pretrained(tmp_path / "short")  # a pipeline without one saves and loads without one
+    assert LumierePipeline.from_pretrained(tmp_path / "short").long_stunet is None
+
+
+def test_long_model_must_fit_the_base_model():
+    both, _, _ = _long_clip_pipelines()
+    parts = (both.text_encoder, make_sampling_scheduler())
+    for bad in (1, True, 8.0):
+        with pytest.raises(ValueError, match="long_clip_frames"):
+            LumierePipeline(both.stunet, *parts, long_stunet=both.long_stunet, long_clip_frames=bad)
+    torch.manual_seed(0)
+    wider = STUNet.from_unet2d(build_unet2d("tiny", in_channels=4), **STUNET_PRESETS["tiny"])
+    with pytest.raises(ValueError, match="long_stunet has in_channels 4 but stunet has 3"):
+        LumierePipeline(both.stunet, *parts, long_stunet=wider)
+    with pytest.raises(ValueError, match="needs a base stunet"):
+        LumierePipeline(None, *parts, ssr=both.stunet, long_stunet=both.long_stunet)
+
+
 # ---- configs -----------------------------------------------------------------------------------
 
 
 def test_long_configs_validate():
+    tsr = load_config(REPO / "configs/long/tsr_keyframes.yaml")
+    assert tsr.data.source_frames == 80 and tsr.data.task_mix[4] > 0 and tsr.data.keyframe_step == 5
+    for bad in ({"task_mix": [1, 0, 0]}, {"source_frames": 8}, {"keyframe_step": 1}):
+        data = {"kind": "shapes", "num_frames": 16, **bad}
+        with pytest.raises(ValueError, match="|".join(f"data.{key}" for key in bad)):
+            config_from_dict({"stage": "conditional", "model": {"init_from": "x"}, "data": data})
     config = load_config(REPO / "configs/long/80_frames.yaml")
     assert config.data.num_frames == 80 and config.model.coarse_temporal_halvings == 2
     assert config.data.num_frames % 16 == 0 and 0 < config.data.long_motion_share < 1

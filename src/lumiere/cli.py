@@ -301,7 +301,8 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="frames per clip: a positive multiple of the model's temporal factor (default: 16, or the "
-        "length of --video)",
+        "length of --video); the shipped model makes 32 or more in multiples of 16 (e.g. 80, the paper's "
+        "5 s) with its long-clip model, in one pass",
     )
     _add_sampling_options(parser, 5.0, "(<= 1: no guidance)")
     _add_conditioning_options(parser)
@@ -519,6 +520,10 @@ def _run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             pipe.stunet = blend_weights(pipe.stunet, styled, 0.5 if args.alpha is None else args.alpha)
         except _MODEL_LOAD_ERRORS as err:
             return _fail(parser, f"--style {args.style}: {err}")
+        if getattr(pipe, "long_stunet", None) is not None:
+            # A style fine-tune is made from the base model: long clips take the styled base model too.
+            logger.info("--style: the styled base model makes clips of every length (the long-clip model is set aside)")
+            pipe.long_stunet = None
 
     _place(pipe, args)
     _check_time(parser, args, pipe, _generate_runs(pipe, args))
@@ -576,7 +581,8 @@ def _generate_runs(pipe: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     height = args.height // factor if args.height else side_height
     width = args.width // factor if args.width else side_width
     guided = args.guidance > 1.0
-    runs = [dict(stunet=pipe.stunet, batch=args.num_videos, num_frames=num_frames, height=height, width=width,
+    base = pipe.base_model(num_frames, args.window) if hasattr(pipe, "base_model") else pipe.stunet
+    runs = [dict(stunet=base, batch=args.num_videos, num_frames=num_frames, height=height, width=width,
                  guidance=guided, steps=args.steps, window=args.window, overlap=args.overlap)]  # fmt: skip
     if pipe.ssr is not None and not args.no_upsample:
         ssr_factor = pipe.ssr_scale * factor // (factor if getattr(pipe, "ssr_latent", False) else 1)

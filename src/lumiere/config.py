@@ -53,12 +53,13 @@ class DataConfig:
     style: str | None = (
         None  # a pixel style of lumiere.data.styles (style fine-tune demo, Sec. 4.1); None: off
     )
-    task_mix: tuple[float, float, float, float] = (
+    task_mix: tuple[float, ...] = (
         0.4,
         0.25,
         0.2,
         0.15,
-    )  # conditional: shares of t2v, i2v, inpaint, cinemagraph
+    )  # conditional: shares of t2v, i2v, inpaint, cinemagraph (4), and optionally keyframes (a 5th: a cascade's TSR)
+    keyframe_step: int = 5  # conditional, task keyframes: every keyframe_step-th frame is known (80 -> 16: 5)
     # shapes video stages: shares of the motions (left, right, up, down, growing, shrinking,
     # bouncing); None: uniform
     motion_mix: tuple[float, float, float, float, float, float, float] | None = None
@@ -67,6 +68,7 @@ class DataConfig:
     # then shrinking, shrinking then growing, bouncing slowly, bouncing quickly); None: uniform
     long_motion_mix: tuple[float, float, float, float, float, float, float, float] | None = None
     frame_step: int = 1  # shapes: clips are every frame_step-th frame of a num_frames * frame_step clip (a cascade's keyframes)
+    source_frames: int | None = None  # shapes: clips are a random window of num_frames of a clip this long (a cascade's TSR windows); None: whole clips
     cache_dir: str | None = None  # latent training: VAE-latent and text caches (`lumiere data cache`); None: encode every step
     vae_batch_size: int = 8  # latent training: frames per VAE encoder call (its memory does not grow with the clip)
     shuffle_buffer: int = 256  # shards: clips each reader shuffles among (memory: that many clip references)
@@ -144,9 +146,10 @@ class TrainConfig:
             ("model.ssr_residual_scale", self.model.ssr_residual_scale > 0, "> 0"),
             (
                 "data.task_mix",
-                min(self.data.task_mix) >= 0 and sum(self.data.task_mix) > 0,
-                "4 shares >= 0 (t2v, i2v, inpaint, cinemagraph) with a positive sum",
+                len(self.data.task_mix) in (4, 5) and min(self.data.task_mix) >= 0 and sum(self.data.task_mix) > 0,
+                "4 or 5 shares >= 0 (t2v, i2v, inpaint, cinemagraph, and optionally keyframes) with a positive sum",
             ),
+            ("data.keyframe_step", self.data.keyframe_step >= 2, ">= 2"),
             ("optim.max_augmentation_level", 0 <= self.optim.max_augmentation_level <= 999, "in [0, 999]"),
             ("optim.timestep_bias_portion", 0 <= self.optim.timestep_bias_portion <= 1, "in [0, 1]"),
             ("optim.timestep_bias_begin", 0 <= self.optim.timestep_bias_begin <= 999, "in [0, 999]"),
@@ -178,6 +181,13 @@ class TrainConfig:
                 raise ValueError(f"config key data.{key} must be in [0, 1], got {getattr(self.data, key)}")
         if self.data.frame_step < 1 or (self.data.frame_step > 1 and self.data.kind != "shapes"):
             raise ValueError("config key data.frame_step must be >= 1, and 1 unless data.kind is 'shapes'")
+        if self.data.source_frames is not None and (
+            self.data.kind != "shapes" or self.data.frame_step != 1 or self.data.source_frames < self.data.num_frames
+        ):
+            raise ValueError(
+                "config key data.source_frames must be >= data.num_frames, with data.kind 'shapes' and "
+                f"data.frame_step 1 (or null); got {self.data.source_frames}"
+            )
         if self.model.coarse_temporal_halvings < 0:
             raise ValueError("config key model.coarse_temporal_halvings must be >= 0")
         if self.model.coarse_temporal_halvings and self.stage not in ("stunet", "conditional"):

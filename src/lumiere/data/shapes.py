@@ -468,6 +468,7 @@ class MovingShapes(Dataset):
         long_share: float = 0.0,  # share of clips with one of LONG_MOTIONS (long clips; 0: none)
         long_mix: Sequence[float] | None = None,  # shares of LONG_MOTIONS in order; None: uniform
         frame_step: int = 1,  # every frame_step-th frame of a num_frames * frame_step clip (keyframes)
+        source_frames: int | None = None,  # a random window of num_frames of a clip this long (a TSR's windows)
     ) -> None:
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
@@ -483,6 +484,12 @@ class MovingShapes(Dataset):
         if frame_step < 1:
             raise ValueError(f"frame_step must be >= 1, got {frame_step}")
         self.frame_step = int(frame_step)
+        if source_frames is not None and (source_frames < num_frames or frame_step != 1 or mode != "video"):
+            raise ValueError(
+                f"source_frames must be >= num_frames ({num_frames}), with frame_step 1 and mode 'video'; "
+                f"got {source_frames}"
+            )
+        self.source_frames = None if source_frames is None else int(source_frames)
         if (self.long_share > 0 or self.long_mix is not None) and mode != "video":
             raise ValueError(f"long_share and long_mix apply to mode 'video' only, not {mode!r}")
         self.length = int(length)
@@ -506,10 +513,14 @@ class MovingShapes(Dataset):
             attributes["motion"] = random_long_motion(rng, self.long_mix)
         caption = _caption_from_rng(attributes, rng)
         # frame_step > 1: the keyframes of a longer clip (a keyframe model of a cascade, issue 33).
-        span = self.num_frames * self.frame_step
+        span = self.source_frames or self.num_frames * self.frame_step
         cx, cy, size = sample_trajectory(rng, attributes, span, self.height, self.width)
         if self.frame_step > 1:
             cx, cy, size = cx[:: self.frame_step], cy[:: self.frame_step], size[:: self.frame_step]
+        if self.source_frames is not None:  # a window of the longer clip (drawn only then: other streams unchanged)
+            start = int(rng.integers(0, self.source_frames - self.num_frames + 1))
+            window = slice(start, start + self.num_frames)
+            cx, cy, size = cx[window], cy[window], size[window]
         frames = render_clip(attributes, cx, cy, size, self.height, self.width)
         return frames, caption, attributes
 

@@ -16,6 +16,8 @@ Tasks (``TASKS``), each a rule for ``known`` on a clip ``[b, 3, f, h, w]``:
     inpaint       everything outside random boxes/blobs  (video inpainting, Sec. 4.2)
     cinemagraph   the first frame, and everything outside the region that moves, where C is
                   the first frame repeated over time     (cinemagraphs, Sec. 4.2)
+    keyframes     every k-th frame, from a random phase   (a cascade's temporal super-resolution:
+                  the frames between keyframes, the baseline of Sec. 5's ablation; issue 33)
 
 The training mixture of these tasks (random masks, task sampling) is the stage's:
 ``lumiere.stages.conditional``.
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from lumiere.models.stunet import STUNet
 
 MASK_CONDITION_CHANNELS = 4  # pixel models: masked RGB clip C (3) and the known-mask M (1)
-TASKS = ("t2v", "i2v", "inpaint", "cinemagraph")
+TASKS = ("t2v", "i2v", "inpaint", "cinemagraph", "keyframes")
 MOTION_THRESHOLD = 0.1  # |frame - first frame| in [-1, 1] units above which a pixel "moves"
 
 

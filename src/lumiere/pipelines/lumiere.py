@@ -105,6 +105,9 @@ SSR_SETTINGS: dict[str, Any] = {
     "ssr_strength": 1.0,  # default share of the schedule from the noised interpolation; 1: from noise
     "ssr_draws": 1,  # default SSR samples averaged per clip (SSROptions.draws)
 }
+# Frames from which a pipeline with a ``long_stunet`` (a base model fine-tuned on long clips, issue 33)
+# makes the clip with it, in one pass; model_index.json's ``long_clip_frames`` overrides it.
+DEFAULT_LONG_CLIP_FRAMES = 32
 
 # Samplers by CLI name: scheduler class and the arguments that make it that sampler.
 # "trailing" spacing starts sampling at the last training timestep, i.e. from pure noise
@@ -156,7 +159,10 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     model_index.json) is the SSR's upsampling factor; ``ssr_upsample`` (saved there too) how the
     low-res clip is interpolated to the SSR's input, "bilinear" or "bicubic"; ``ssr_residual``
     (saved there too) says the SSR denoises the detail over that upsample
-    (``models.ssr.residual_over_upsample``), which sampling adds back.
+    (``models.ssr.residual_over_upsample``), which sampling adds back. ``long_stunet`` (optional)
+    is a base model fine-tuned on long clips (issue 33, docs/long_clips.md): a clip of at least
+    ``long_clip_frames`` frames (saved in model_index.json) made in one pass is made with it
+    (``base_model``), shorter ones and base windows with ``stunet``.
 
     Inflated image models (``lumiere.pipelines.convert``, DeepFloyd IF) run as they were trained:
     the prediction type comes from the scheduler's config; with a learned variance (its
@@ -165,8 +171,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     augmentation level as its ``class_labels`` (``models.ssr.noise_level_kwargs``).
     """
 
-    model_cpu_offload_seq = "text_encoder->stunet->ssr->vae"
-    _optional_components = ["ssr", "vae"]
+    model_cpu_offload_seq = "text_encoder->stunet->long_stunet->ssr->vae"
+    _optional_components = ["ssr", "vae", "long_stunet"]
 
     def __init__(
         self,
@@ -183,12 +189,15 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         ssr_steps: int | None = None,
         ssr_strength: float = 1.0,
         ssr_draws: int = 1,
+        long_stunet: STUNet | None = None,
+        long_clip_frames: int = DEFAULT_LONG_CLIP_FRAMES,
     ):
         super().__init__()
         if stunet is None and ssr is None:
             raise ValueError("a LumierePipeline needs a base stunet, an ssr model, or both; got neither")
         check_latent_space(stunet, ssr, scheduler, vae, ssr_latent)
-        for name, model in (("stunet", stunet), ("ssr", ssr)):
+        check_long_stunet(stunet, long_stunet, long_clip_frames)
+        for name, model in (("stunet", stunet), ("ssr", ssr), ("long_stunet", long_stunet)):
             text_width = None if model is None else _text_width(model)
             if text_width is not None and text_width != text_encoder.dim:
                 raise ValueError(
@@ -201,7 +210,9 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             raise ValueError(
                 f"ssr_scale={ssr_scale!r}: must be an integer >= 1 (the SSR's upsampling factor)"
             )
-        self.register_modules(stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr, vae=vae)
+        self.register_modules(
+            stunet=stunet, text_encoder=text_encoder, scheduler=scheduler, ssr=ssr, vae=vae, long_stunet=long_stunet
+        )
         if not isinstance(ssr_residual, bool):
             raise ValueError(f"ssr_residual={ssr_residual!r}: must be True or False")
         check_upsample_mode(ssr_upsample)
@@ -222,6 +233,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             ssr_steps=ssr_steps,
             ssr_strength=float(ssr_strength),
             ssr_draws=ssr_draws,
+            long_clip_frames=long_clip_frames,
         )
 
     @classmethod
@@ -253,8 +265,29 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         if self.stunet is None:
             raise ValueError("this pipeline has no base stunet to join the SSR model to")
         return type(self)(
-            self.stunet, self.text_encoder, self.scheduler, ssr=upsampler.ssr, vae=self.vae, **upsampler.ssr_settings()
-        )
+            self.stunet, self.text_encoder, self.scheduler, ssr=upsampler.ssr, vae=self.vae,
+            long_stunet=self.long_stunet, long_clip_frames=self.long_clip_frames, **upsampler.ssr_settings(),
+        )  # fmt: skip
+
+    @property
+    def long_clip_frames(self) -> int:
+        """Clips of at least this many frames go to ``long_stunet`` (when the pipeline has one)."""
+        return int(self.config.get("long_clip_frames", DEFAULT_LONG_CLIP_FRAMES))
+
+    def base_model(self, num_frames: int, window: int | None = None) -> STUNet:
+        """The base STUNet that makes a clip of ``num_frames``: ``long_stunet`` (a model fine-tuned on
+        long clips, issue 33) for one pass over at least ``long_clip_frames`` frames that it takes (a
+        multiple of its ``temporal_factor``), else ``stunet``; base windows (``window``) always use
+        ``stunet``, whose training length windows are for."""
+        long = getattr(self, "long_stunet", None)
+        if (
+            long is not None
+            and window is None
+            and num_frames >= self.long_clip_frames
+            and num_frames % long.temporal_factor == 0
+        ):
+            return long
+        return self.stunet
 
     def ssr_settings(self) -> dict[str, Any]:
         """How the SSR was trained and runs by default: every key of ``SSR_SETTINGS`` with this
@@ -311,7 +344,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         return 1 if self.vae is None else vae_scale_factor(self.vae)
 
     def _networks(self) -> list[STUNet]:
-        return [model for model in (self.stunet, self.ssr) if model is not None]
+        return [model for model in (self.stunet, self.long_stunet, self.ssr) if model is not None]
 
     # ----- placement --------------------------------------------------------------------------
 
@@ -347,7 +380,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in ("stunet", "ssr"):
+        for name in ("stunet", "long_stunet", "ssr"):
             model = getattr(self, name)
             if model is not None:
                 model.save_pretrained(directory / name, safe_serialization=True, **kwargs)
@@ -384,7 +417,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
                 "LumierePipeline.save_pretrained"
             )
         index = _read_json(directory / MODEL_INDEX)
-        listed = {name: _is_listed(index.get(name)) for name in ("stunet", "ssr", "vae")}
+        listed = {name: _is_listed(index.get(name)) for name in ("stunet", "long_stunet", "ssr", "vae")}
         if "stunet" not in index:  # written before the base model became optional
             listed["stunet"] = True
         required = ["text_encoder", "scheduler"] + [name for name, present in listed.items() if present]
@@ -394,7 +427,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
 
         models = {
             name: STUNet.from_pretrained(directory / name, torch_dtype=torch_dtype) if listed[name] else None
-            for name in ("stunet", "ssr")
+            for name in ("stunet", "long_stunet", "ssr")
         }
         vae = AutoencoderKL.from_pretrained(directory / "vae") if listed["vae"] else None
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
@@ -405,7 +438,8 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             scheduler=scheduler,
             ssr=models["ssr"],
             vae=vae,
-            **{key: index[key] for key in SSR_SETTINGS if key in index},
+            long_stunet=models["long_stunet"],
+            **{key: index[key] for key in (*SSR_SETTINGS, "long_clip_frames") if key in index},
         )
         pipe.register_to_config(_name_or_path=str(directory))
         return pipe
@@ -985,15 +1019,16 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         num_frames = conditioning.num_frames
         prompts = self.check_inputs(prompt, num_frames, height, width, num_inference_steps, guidance_scale,
                                     negative_prompt, num_videos_per_prompt, generator, output_type, window, overlap)  # fmt: skip
-        conditional = is_conditional_stunet(self.stunet)
-        channels = sample_channels(self.stunet, self.scheduler)  # of the clip; other inputs condition it
-        conditioning.check_model(conditional, self.stunet.in_channels - channels, channels)
+        base = self.base_model(num_frames, window)  # long_stunet for a long clip in one pass (issue 33)
+        conditional = is_conditional_stunet(base)
+        channels = sample_channels(base, self.scheduler)  # of the clip; other inputs condition it
+        conditioning.check_model(conditional, base.in_channels - channels, channels)
         windows = _windows(num_frames, window, overlap)
         num_clips = len(prompts) * num_videos_per_prompt
         size = (height // self.vae_scale_factor, width // self.vae_scale_factor)  # of the sample (latents)
         ssr = self._plan_ssr(upsample and output_type != "latent", ssr_options, ssr_kwargs, num_clips,
                              num_frames, *(size if self.ssr_latent else (height, width)), num_inference_steps)  # fmt: skip
-        check_sampling_memory(self.stunet, num_clips, num_frames, *size, guidance_scale > 1.0,
+        check_sampling_memory(base, num_clips, num_frames, *size, guidance_scale > 1.0,
                               self._execution_device, window=window, chunk_size=chunk_size,
                               text_tokens=self.text_encoder.max_length)  # fmt: skip
         device = self._execution_device
@@ -1005,7 +1040,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         cond, uncond = self.encode_prompt(
             prompts, negative_prompt, num_videos_per_prompt, guidance_scale > 1.0, device
         )
-        self._time_ids = self.micro_conditioning(self.stunet, cond, height, width, micro_conditioning)
+        self._time_ids = self.micro_conditioning(base, cond, height, width, micro_conditioning)
 
         # 3. Timesteps and initial noise [b, c, f, h, w]; SDEdit: the last `strength` of the
         #    timesteps, starting from the input video noised to the first of them. A latent
@@ -1027,7 +1062,7 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
             )
 
         # 5. Sample the base clip: the whole clip at once (the base model sees every frame), or windows.
-        sample = self.denoise(sample, cond, uncond, guidance_scale, generator, callback, condition=condition,
+        sample = self.denoise(sample, cond, uncond, guidance_scale, generator, callback, base, condition=condition,
                               windows=windows, chunk_size=chunk_size, timesteps=timesteps,
                               known_pixels=known_pixels, cache_interval=cache_interval,
                               guidance_end=guidance_end)  # fmt: skip
@@ -1406,6 +1441,29 @@ def _time_id_count(unet_config: Mapping[str, Any], pooled_width: int) -> int:
     text width, per time id (SDXL base: (2816 - 1280) / 256 = 6; refiner: (2560 - 1280) / 256 = 5)."""
     total = unet_config["projection_class_embeddings_input_dim"]
     return (total - pooled_width) // unet_config["addition_time_embed_dim"]
+
+
+def check_long_stunet(stunet: STUNet | None, long_stunet: STUNet | None, long_clip_frames: int) -> None:
+    """``ValueError`` unless ``long_stunet`` can stand in for ``stunet`` on long clips: a base model
+    beside it, the same inputs and outputs (channels, sample size, conditioning); and
+    ``long_clip_frames`` an integer >= 2."""
+    if isinstance(long_clip_frames, bool) or not isinstance(long_clip_frames, int) or long_clip_frames < 2:
+        raise ValueError(f"long_clip_frames={long_clip_frames!r}: must be an integer >= 2 (frames per clip)")
+    if long_stunet is None:
+        return
+    if stunet is None:
+        raise ValueError("long_stunet needs a base stunet beside it (it makes only the long clips)")
+    for what, get in (
+        ("in_channels", lambda m: m.in_channels),
+        ("out_channels", lambda m: m.out_channels),
+        ("sample_size", lambda m: m.config.unet_config.get("sample_size")),
+        ("conditioning (conditional model)", is_conditional_stunet),
+    ):
+        if get(stunet) != get(long_stunet):
+            raise ValueError(
+                f"long_stunet has {what} {get(long_stunet)!r} but stunet has {get(stunet)!r}: the long-clip "
+                "model must take the same inputs as the base model (fine-tune it from that model)"
+            )
 
 
 def check_latent_space(

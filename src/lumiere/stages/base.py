@@ -134,6 +134,7 @@ class Stage:
                 long_share=data.long_motion_share,
                 long_mix=data.long_motion_mix,
                 frame_step=data.frame_step,
+                source_frames=data.source_frames,
             )
             finite = data.length is not None
         elif data.kind == "photos":  # camera moves over real photographs, with shapes mixed in

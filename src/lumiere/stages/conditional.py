@@ -3,8 +3,9 @@
 The base STUNet is widened to take a masked conditioning clip and its known-mask
 (``lumiere.models.conditional``), zero weights on the new channels so it starts as the base model,
 and fine-tuned on a mix of text-to-video, image-to-video, inpainting and cinemagraph conditions
-(``data.task_mix``), so one model serves all four (Sec. 4.2). This module holds that training
-mixture: the random masks and the task draw of each training clip.
+(``data.task_mix``), so one model serves all four (Sec. 4.2); a fifth share trains keyframe
+in-filling (``keyframes``: a cascade's temporal super-resolution, the baseline of issue 33). This
+module holds that training mixture: the random masks and the task draw of each training clip.
 """
 
 from __future__ import annotations
@@ -77,10 +78,13 @@ def training_condition(
     x0: torch.Tensor,
     generator: torch.Generator,
     probabilities: Mapping[str, float] = DEFAULT_TASK_PROBABILITIES,
+    keyframe_step: int = 5,  # task keyframes: every keyframe_step-th frame is known
 ) -> tuple[MaskCondition, list[str]]:
     """The conditioning of one training batch of clean clips ``x0`` ``[b, 3, f, h, w]`` in [-1, 1]:
     a task per clip (``sample_tasks``), its known-mask, and the conditioning clip. Every draw comes
     from ``generator`` (CPU), so a step's batch is reproducible. Returns (condition, tasks)."""
+    if isinstance(keyframe_step, bool) or not isinstance(keyframe_step, int) or keyframe_step < 2:
+        raise ValueError(f"keyframe_step must be an integer >= 2, got {keyframe_step!r}")
     batch, _, frames, height, width = x0.shape
     tasks = sample_tasks(batch, generator, probabilities)
     known = torch.zeros(batch, 1, frames, height, width)
@@ -99,6 +103,11 @@ def training_condition(
             known[i] = 1 - region
             known[i, :, 0] = 1
             clip[i] = clip[i, :, :1].expand_as(clip[i])  # the image, repeated over time
+        elif task == "keyframes":
+            # A window of a longer clip: its keyframes may start at any phase (the TSR of a cascade
+            # runs over windows of the keyframed clip, bench/long_clip_compare.py).
+            phase = int(torch.randint(0, min(keyframe_step, frames), (1,), generator=generator))
+            known[i, :, phase::keyframe_step] = 1
     condition = make_mask_condition(clip.to(x0.device, x0.dtype), known.to(x0.device))
     return condition, tasks
 
@@ -125,5 +134,6 @@ class ConditionalStage(VideoStage):
     def draw_condition(
         self, clean: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator | None
     ) -> MaskCondition:
-        mix = dict(zip(TASKS, self.config.data.task_mix, strict=True))
-        return training_condition(clean, generator, mix)[0]
+        # 4 shares: the four tasks of Sec. 4 (the draws of configs written before keyframes existed).
+        mix = dict(zip(TASKS, self.config.data.task_mix, strict=False))
+        return training_condition(clean, generator, mix, self.config.data.keyframe_step)[0]

@@ -101,7 +101,7 @@ PAGE_NAMES = {
 class Caps:
     """Limits that protect the server: every request is checked against them."""
 
-    max_frames: int = 64  # frames per clip: memory and time grow linearly with frames
+    max_frames: int = 80  # frames per clip (80: the paper's 5 s at 16 fps); memory and time grow with frames
     max_steps: int = 100  # denoising steps: time grows linearly with steps
     max_size: int = 256  # base height and width in pixels (the SSR, if any, multiplies them)
     max_guidance: float = 20.0  # guidance scale; far beyond ~5 only saturates the output
