@@ -301,8 +301,8 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="frames per clip: a positive multiple of the model's temporal factor (default: 16, or the "
-        "length of --video); the shipped model makes 32 or more in multiples of 16 (e.g. 80, the paper's "
-        "5 s) with its long-clip model, in one pass",
+        "length of --video); a model with a long-clip model (long_stunet/) makes long clips with it "
+        "(docs/long_clips.md)",
     )
     _add_sampling_options(parser, 5.0, "(<= 1: no guidance)")
     _add_conditioning_options(parser)
