@@ -17,7 +17,7 @@ Tasks (``TASKS``), each a rule for ``known`` on a clip ``[b, 3, f, h, w]``:
     cinemagraph   the first frame, and everything outside the region that moves, where C is
                   the first frame repeated over time     (cinemagraphs, Sec. 4.2)
     keyframes     every k-th frame, from a random phase   (a cascade's temporal super-resolution:
-                  the frames between keyframes, the baseline of Sec. 5's ablation; issue 33)
+                  the frames between keyframes, the cascade baseline of issue 33)
 
 The training mixture of these tasks (random masks, task sampling) is the stage's:
 ``lumiere.stages.conditional``.
