@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
+from lumiere.checkpoint import CheckpointError
 from lumiere.config import config_from_dict, load_config
 from lumiere.data.shapes import (
     BOUNCE_PERIOD_QUICK,
@@ -32,6 +34,7 @@ from lumiere.eval.long_clips import (
     score_long,
 )
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
+from lumiere.models.shared_weights import SHARED_FILE, load_beyond_base
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import load_text_encoder
 from lumiere.pipelines import LumierePipeline, make_sampling_scheduler
@@ -327,6 +330,41 @@ def test_long_clips_go_to_the_long_model_and_round_trip(tmp_path):
     torch.testing.assert_close(_clip(loaded, 8), long_clip, rtol=0, atol=0)
     short_only.save_pretrained(tmp_path / "short")  # a pipeline without one saves and loads without one
     assert LumierePipeline.from_pretrained(tmp_path / "short").long_stunet is None
+
+
+def test_long_model_is_saved_as_what_it_changed(tmp_path):
+    """``long_stunet/`` stores only the tensors that differ from ``stunet``'s (here the coarse level);
+    a base model changed since is refused, and the loaded long model saves and loads on its own."""
+    both, _, _ = _long_clip_pipelines()
+    both.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "long_stunet" / SHARED_FILE), framework="pt") as handle:
+        stored = set(handle.keys())
+    whole = set(both.long_stunet.state_dict())
+    assert stored and stored < whole and all(name.startswith("coarse_level.") for name in stored)
+    loaded = LumierePipeline.from_pretrained(tmp_path).long_stunet
+    alone = STUNet.from_pretrained(tmp_path / "long_stunet")  # as model.init_from reads it: with ../stunet
+    for name, tensor in both.long_stunet.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(alone.state_dict()[name], tensor, rtol=0, atol=0)
+
+    loaded.save_pretrained(tmp_path / "alone")  # a whole model again
+    alone = STUNet.from_pretrained(tmp_path / "alone")
+    torch.testing.assert_close(alone.coarse_level.state_dict(), both.long_stunet.coarse_level.state_dict())
+
+    changed = copy.deepcopy(both.stunet)
+    with torch.no_grad():
+        changed.conv_in.weight.add_(0.01)
+    with pytest.raises(CheckpointError, match="saved against another stunet"):
+        load_beyond_base(STUNet, tmp_path / "long_stunet", changed)
+    moved = tmp_path / "elsewhere" / "long_stunet"  # away from the stunet/ it was saved beside
+    moved.parent.mkdir()
+    (tmp_path / "long_stunet").rename(moved)
+    with pytest.raises(FileNotFoundError, match="load the pipeline folder"):
+        STUNet.from_pretrained(moved)
+    moved.rename(tmp_path / "long_stunet")
+    (tmp_path / "long_stunet" / SHARED_FILE).write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        LumierePipeline.from_pretrained(tmp_path)
 
 
 def test_long_model_must_fit_the_base_model():

@@ -53,6 +53,7 @@ from torch import nn
 from lumiere.checkpoint import write_checksums
 from lumiere.models.inflate import load_image_weights
 from lumiere.models.loading import check_saved_stunet, weight_files
+from lumiere.models.shared_weights import load_beyond_base, stores_beyond_base
 
 # Blocks whose internals (resnets / attentions / resizers) the STUNet knows how to call. The
 # "Resnet*" and "Simple*" ones are DeepFloyd IF's: resizing by a ResnetBlock2D, attention by
@@ -831,13 +832,16 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         by ``save_pretrained``), that each weight file is a whole safetensors file, and that its
         tensors are the ones ``config.json`` builds. Failures raise ``CheckpointError`` naming the
         file, or ``ValueError`` naming the config key (diffusers would load missing tensors as
-        random weights with only a warning).
+        random weights with only a warning). A pipeline's ``long_stunet/``, saved as what it changed
+        from ``stunet/`` (``lumiere.models.shared_weights``), is read with that sibling folder.
 
         safetensors maps the file, leaving tensors at unaligned addresses; CPU kernels then take
         other vector paths and outputs drift by ~1e-6 from the saved model. A copy makes a loaded
         model reproduce the saved one bit for bit (and run at full speed).
         """
         directory = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        if stores_beyond_base(directory):  # a pipeline's long_stunet/: what it changed from stunet/
+            return load_beyond_base(cls, directory, torch_dtype=kwargs.get("torch_dtype"))
         if directory.is_dir():
             check_saved_stunet(directory, cls, variant=kwargs.get("variant"))
         model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)

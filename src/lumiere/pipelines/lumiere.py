@@ -53,6 +53,7 @@ from diffusers.utils import BaseOutput
 
 from lumiere.errors import InvalidArgument
 from lumiere.models.conditional import MaskCondition, is_conditional_stunet
+from lumiere.models.shared_weights import load_beyond_base, save_beyond_base, stores_beyond_base
 from lumiere.models.ssr import (
     SAMPLING_NOISE_LEVEL,
     SSRCondition,
@@ -375,15 +376,19 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Write ``stunet/``, ``text_encoder/``, ``scheduler/``, ``ssr/`` and ``vae/`` (when present)
         and ``model_index.json`` (component classes, ``ssr_scale``, ``ssr_residual``, ``ssr_latent``).
+        ``long_stunet/`` holds only the tensors that differ from ``stunet``'s
+        (``lumiere.models.shared_weights``: a long-clip model shares the frozen image layers).
 
         ``kwargs`` go to ``STUNet.save_pretrained`` (e.g. ``variant``); weights are safetensors.
         """
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in ("stunet", "long_stunet", "ssr"):
+        for name in ("stunet", "ssr"):
             model = getattr(self, name)
             if model is not None:
                 model.save_pretrained(directory / name, safe_serialization=True, **kwargs)
+        if self.long_stunet is not None:  # the tensors it changed from stunet's (its frozen layers are stunet's)
+            save_beyond_base(self.long_stunet, self.stunet, directory / "long_stunet", base_name="stunet")
         if self.vae is not None:
             self.vae.save_pretrained(directory / "vae", safe_serialization=True)
         self.text_encoder.save_pretrained(directory / "text_encoder")
@@ -427,8 +432,16 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
 
         models = {
             name: STUNet.from_pretrained(directory / name, torch_dtype=torch_dtype) if listed[name] else None
-            for name in ("stunet", "long_stunet", "ssr")
+            for name in ("stunet", "ssr")
         }
+        models["long_stunet"] = None
+        if listed["long_stunet"]:  # saved as what it changed from stunet (save_pretrained), or whole
+            long_dir = directory / "long_stunet"
+            models["long_stunet"] = (
+                load_beyond_base(STUNet, long_dir, models["stunet"], torch_dtype)
+                if stores_beyond_base(long_dir) and models["stunet"] is not None
+                else STUNet.from_pretrained(long_dir, torch_dtype=torch_dtype)
+            )
         vae = AutoencoderKL.from_pretrained(directory / "vae") if listed["vae"] else None
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
         scheduler = _load_scheduler(directory / "scheduler")
