@@ -347,6 +347,11 @@ def test_long_model_is_saved_as_what_it_changed(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
         torch.testing.assert_close(alone.state_dict()[name], tensor, rtol=0, atol=0)
 
+    half = LumierePipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16).long_stunet
+    assert half.dtype == torch.bfloat16  # the shared tensors checked in the dtype they were saved in
+    for name, tensor in both.long_stunet.state_dict().items():
+        torch.testing.assert_close(half.state_dict()[name], tensor.to(torch.bfloat16), rtol=0, atol=0)
+
     loaded.save_pretrained(tmp_path / "alone")  # a whole model again
     alone = STUNet.from_pretrained(tmp_path / "alone")
     torch.testing.assert_close(alone.coarse_level.state_dict(), both.long_stunet.coarse_level.state_dict())

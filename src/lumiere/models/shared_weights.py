@@ -64,7 +64,7 @@ def save_beyond_base(model: ModelMixin, base: ModelMixin, directory: str | Path,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.safetensors"):
-        stale.unlink()  # a full save of an earlier version would shadow nothing but mislead a reader
+        stale.unlink()  # a whole save from before: only SHARED_FILE is read, so leave no other weights
     model.save_config(directory)
     shared = _shared_names(model, base)
     state, left_out = model.state_dict(), set(shared)

@@ -437,11 +437,10 @@ class LumierePipeline(MemoryOptionsMixin, DiffusionPipeline):
         models["long_stunet"] = None
         if listed["long_stunet"]:  # saved as what it changed from stunet (save_pretrained), or whole
             long_dir = directory / "long_stunet"
-            models["long_stunet"] = (
-                load_beyond_base(STUNet, long_dir, models["stunet"], torch_dtype)
-                if stores_beyond_base(long_dir) and models["stunet"] is not None
-                else STUNet.from_pretrained(long_dir, torch_dtype=torch_dtype)
-            )
+            if stores_beyond_base(long_dir) and models["stunet"] is not None and torch_dtype is None:
+                models["long_stunet"] = load_beyond_base(STUNet, long_dir, models["stunet"])
+            else:  # whole, or another dtype: the shared tensors are checked against the saved base
+                models["long_stunet"] = STUNet.from_pretrained(long_dir, torch_dtype=torch_dtype)
         vae = AutoencoderKL.from_pretrained(directory / "vae") if listed["vae"] else None
         text_encoder = TextEncoder.from_pretrained(directory / "text_encoder")
         scheduler = _load_scheduler(directory / "scheduler")
