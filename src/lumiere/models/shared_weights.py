@@ -35,12 +35,11 @@ def stores_beyond_base(directory: str | Path) -> bool:
     return (Path(directory) / SHARED_FILE).is_file()
 
 
-def _shared_names(model: ModelMixin, base: ModelMixin) -> list[str]:
-    """Names of ``model``'s tensors equal, in shape, dtype and every value, to ``base``'s."""
-    theirs = base.state_dict()
+def _shared_names(state: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> list[str]:
+    """Names of ``state``'s tensors equal, in shape, dtype and every value, to ``theirs``."""
     return sorted(
         name
-        for name, tensor in model.state_dict().items()
+        for name, tensor in state.items()
         if name in theirs
         and theirs[name].shape == tensor.shape
         and theirs[name].dtype == tensor.dtype
@@ -66,14 +65,15 @@ def save_beyond_base(model: ModelMixin, base: ModelMixin, directory: str | Path,
     for stale in directory.glob("*.safetensors"):
         stale.unlink()  # a whole save from before: only SHARED_FILE is read, so leave no other weights
     model.save_config(directory)
-    shared = _shared_names(model, base)
-    state, left_out = model.state_dict(), set(shared)
+    state, theirs = model.state_dict(), base.state_dict()
+    shared = _shared_names(state, theirs)
+    left_out = set(shared)
     own = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items() if name not in left_out}
     metadata = {
         "format": "pt",
         "base": base_name,
         "base_tensors": "\n".join(shared),
-        "base_sha256": _fingerprint(base.state_dict(), shared),
+        "base_sha256": _fingerprint(theirs, shared),
     }
     save_file(own, directory / SHARED_FILE, metadata=metadata)
     write_checksums(directory, [SHARED_FILE])
