@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+import yaml
 
 from lumiere.cli import main
 from lumiere.data.video_io import read_video
@@ -133,6 +134,27 @@ def test_help_states_defaults(capsys):
 def test_train_missing_config_exits_2(tmp_path, capsys):
     assert exit_code(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "config" in capsys.readouterr().err
+
+
+def test_train_exports_a_checkpoint_without_training(tmp_path, capsys):
+    config = {
+        "stage": "t2i",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"preset": "tiny"},
+        "data": {"resolution": 16, "num_frames": 4},
+        "optim": {"batch_size": 1, "max_steps": 2, "warmup_steps": 1},
+        "checkpoint_every": 1,
+        "sample_steps": 1,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert exit_code(["train", str(path), "--export", str(tmp_path / "none")]) == 2
+    assert "no checkpoint to export" in capsys.readouterr().err
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path), "--export", str(tmp_path / "step_1"), "--step", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "step_1").iterdir()) == ["unet"]  # as the run exports
+    assert exit_code(["train", str(path), "--export", str(tmp_path / "x"), "--step", "7"]) == 2
+    assert "holds steps 1, 2" in capsys.readouterr().err
 
 
 def test_data_shapes_writes_pairs(tmp_path):

@@ -15,7 +15,7 @@ from lumiere.data.stream import StepSampler
 from lumiere.diffusion import DiffusionObjective
 from lumiere.models.text import load_text_encoder
 from lumiere.stages import get_stage
-from lumiere.train import train
+from lumiere.train import export_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,6 +139,35 @@ def test_export_replaces_the_previous_model_atomically(tmp_path):
     assert (first.model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_checkpoint_exports_as_a_run_ending_there_would(tmp_path):
+    short = train(tiny_config(tmp_path / "short", **{"optim.max_steps": 2}))
+    config = tiny_config(tmp_path / "long", checkpoint_every=2, keep_checkpoints=3)
+    long = train(config)  # checkpoints at steps 2, 4 and 6, the model exported at 6
+    run = Path(config.output_dir)
+    before = _files(run)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+
+    newest = export_checkpoint(config, tmp_path / "newest")
+    at_2 = export_checkpoint(config, tmp_path / "at_2", step=2)
+    assert _files(run) == before  # the run's folder is only read
+    assert _files(newest)[weights] == _files(long.model_dir)[weights]
+    assert _files(at_2)[weights] == _files(short.model_dir)[weights]
+    assert _files(at_2)[weights] != _files(newest)[weights]
+    with pytest.raises(ValueError, match=r"no checkpoint of step 3 .* holds steps 2, 4, 6"):
+        export_checkpoint(config, tmp_path / "at_3", step=3)
+    assert not (tmp_path / "at_3").exists()
+
+
+def test_export_without_a_checkpoint_names_the_folder(tmp_path):
+    config = tiny_config(tmp_path)
+    with pytest.raises(ValueError, match=r"no checkpoint to export under .*checkpoints"):
+        export_checkpoint(config, tmp_path / "out")
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     result = train(tiny_config(tmp_path, **{"optim.max_steps": 1}), resume=True)
     assert result.step == 1 and result.model_dir is not None
@@ -186,7 +215,7 @@ import sys, torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 from lumiere.config import config_from_dict
-from lumiere.train import train
+from lumiere.train import export_checkpoint, train
 
 out = sys.argv[1]
 accelerator = Accelerator(cpu=True)

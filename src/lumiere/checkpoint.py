@@ -106,6 +106,18 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def find_checkpoint(root: str | Path, step: int) -> Path:
+    """The complete checkpoint of ``step`` under ``root``; a ``ValueError`` naming the steps held."""
+    for path in list_checkpoints(root):
+        if int(_NAME.fullmatch(path.name).group(1)) == step:
+            return path
+    held = [int(_NAME.fullmatch(p.name).group(1)) for p in list_checkpoints(root)]
+    raise ValueError(
+        f"no checkpoint of step {step} under {root}; it holds "
+        + (f"steps {', '.join(map(str, held))}" if held else "none")
+    )
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     checkpoints = list_checkpoints(root)
     return checkpoints[-1] if checkpoints else None

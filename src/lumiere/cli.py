@@ -3,6 +3,7 @@
     lumiere generate PROMPT -o OUT.mp4 [options]   text -> video file (a grid with --num-videos > 1)
     lumiere upsample IN.mp4 -o OUT.mp4 --prompt P   spatial super-resolution of a video (SSR model)
     lumiere train CONFIG.yaml [--resume]            one training stage from a YAML config
+    lumiere train CONFIG.yaml --export DIR [--step N]   a checkpoint of that run, exported
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
     lumiere data cache CONFIG                       encode a latent config's clips and captions once
     lumiere serve [--host H] [--port N] [--model P] a web page for generation (the web extra)
@@ -756,6 +757,21 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="stop with a checkpoint after this many minutes, > 0 (continue later with --resume)",
     )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="do not train: export the EMA model of one of the run's checkpoints (the newest, or "
+        "--step's) into DIR, as the run's end would; the run may go on meanwhile",
+    )
+    parser.add_argument(
+        "--step",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="with --export: the checkpoint of step N (>= 1) rather than the newest",
+    )
 
 
 def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -764,7 +780,18 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from lumiere.config import load_config
     from lumiere.train import train
 
+    if args.export is None and args.step is not None:
+        parser.error("argument --step: needs --export DIR (the checkpoint of step N to export)")
+    if args.export is not None and (args.resume or args.time_limit is not None):
+        parser.error("argument --export: exports without training; drop --resume and --time-limit")
     config = load_config(args.config)  # a ValueError naming the file and key (exit code 2)
+    if args.export is not None:
+        from lumiere.train import export_checkpoint
+
+        check_writable(args.export, "argument --export", folder=True)
+        # No checkpoint, or none of that step: a ValueError naming the folder (exit code 2).
+        export_checkpoint(config, args.export, step=args.step)
+        return 0
     check_writable(config.output_dir, f"config key output_dir in {args.config}", folder=True)
     time_limit_s = None if args.time_limit is None else args.time_limit * 60
     # Disk faults while training (a full disk, a read-only folder) are an OutputError naming the

@@ -7,6 +7,9 @@ the network, the data, the loss of a batch, the samples and the export. The loop
 
     build stage -> model -> optimizer/EMA -> resume -> data -> steps -> checkpoint -> export
 
+``export_checkpoint`` exports any checkpoint of a run (the newest, or a given step) without
+training, so a run can be measured while it goes on.
+
 - Objective: ``DiffusionObjective.training_loss``, the one training step (v-prediction on a cosine
   ``DDPMScheduler``, loss in fp32, optional min-SNR weighting), with 10% caption dropout for
   classifier-free guidance.
@@ -46,7 +49,9 @@ from tqdm.auto import tqdm
 from lumiere.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
+    find_checkpoint,
     latest_checkpoint,
+    load_checkpoint,
     load_latest_checkpoint,
     save_checkpoint,
     save_sharded_checkpoint,
@@ -532,6 +537,43 @@ def _train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(step, final_loss, model_dir, opt.model, skipped_total)
+
+
+def export_checkpoint(
+    config: TrainConfig,
+    out_dir: str | Path,
+    step: int | None = None,  # the checkpoint's step; None: the newest that verifies
+    accelerator: Accelerator | None = None,
+) -> Path:
+    """``lumiere train CONFIG --export DIR``: the EMA model of one of the run's checkpoints, written
+    to ``out_dir`` as the run's own end would export it at that step, without training. The run's
+    folder is only read, so the run may go on meanwhile (checkpoints are published atomically). A
+    sharded run's checkpoint is exported under the same launch (every process reads its pieces)."""
+    accelerator = accelerator or Accelerator(
+        mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available()
+    )
+    placement = Placement.of(accelerator)
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    rank = accelerator.process_index if placement.sharded else None
+    if step is None:
+        found = load_latest_checkpoint(checkpoints, rank)
+        if found is None:
+            raise ValueError(f"no checkpoint to export under {checkpoints} (config key output_dir)")
+        path, saved = found
+    else:
+        path = find_checkpoint(checkpoints, step)
+        saved = load_checkpoint(path, rank)
+    stage = get_stage(config.stage)(config)
+    opt = _Optimization(stage.build_model(), config, placement)
+    opt.load(saved, path)
+    text_encoder = stage.load_text_encoder().to(accelerator.device)
+    out_dir = Path(out_dir)
+    with opt.whole_ema_model(stage.build_model) as ema_model:
+        if ema_model is not None:
+            stage.export(ema_model, text_encoder, out_dir)
+            logger.info("exported the EMA model of %s to %s", path, out_dir)
+    accelerator.wait_for_everyone()
+    return out_dir
 
 
 # ---------------------------------------------------------------------------------------------
