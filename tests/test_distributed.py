@@ -310,8 +310,9 @@ def exported(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same 4 steps under DDP, under FSDP, and under FSDP SIGKILLed after its step-2
-    checkpoint then resumed with --resume."""
+    """The same 4 steps under DDP, under FSDP (then its newest checkpoint exported with --export
+    under the same launch), and under FSDP SIGKILLed after its step-2 checkpoint then resumed
+    with --resume."""
     from lumiere.models.presets import build_unet2d
 
     root = tmp_path_factory.mktemp("distributed")
@@ -319,6 +320,7 @@ def runs(tmp_path_factory):
     build_unet2d("tiny").save_pretrained(root / "unet")
     for name, accelerate_config in (("ddp", "ddp"), ("fsdp", "fsdp")):
         _run(launch(accelerate_config, write_config(root, name)), root)
+    _run(launch("fsdp", root / "fsdp.yaml", "--export", str(root / "fsdp_export")), root)
     return root, kill_and_resume("fsdp", root, "killed")
 
 
@@ -395,6 +397,15 @@ def test_fsdp_export_generates_the_clip_of_the_ddp_trained_model(runs):
     ddp, fsdp = generate(root / "ddp" / "model"), generate(root / "fsdp" / "model")
     assert ddp.shape == (1, 4, 16, 16, 3)
     torch.testing.assert_close(fsdp, ddp, rtol=0, atol=1e-4)
+
+
+def test_a_sharded_checkpoint_exports_as_the_run_did(runs):
+    """``lumiere train CONFIG --export DIR`` under the run's launch gathers the EMA shards of its
+    newest checkpoint into the model the run's end exported, bit for bit."""
+    root, _ = runs
+    run = exported(root / "fsdp")
+    again = load_file(root / "fsdp_export" / "stunet" / "diffusion_pytorch_model.safetensors")
+    assert run.keys() == again.keys() and all(torch.equal(run[k], again[k]) for k in run)
 
 
 def test_bf16_autocast_runs_under_the_sharded_loop(tmp_path):
