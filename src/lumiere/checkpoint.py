@@ -108,14 +108,11 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 def find_checkpoint(root: str | Path, step: int) -> Path:
     """The complete checkpoint of ``step`` under ``root``; a ``ValueError`` naming the steps held."""
-    for path in list_checkpoints(root):
-        if int(_NAME.fullmatch(path.name).group(1)) == step:
-            return path
-    held = [int(_NAME.fullmatch(p.name).group(1)) for p in list_checkpoints(root)]
-    raise ValueError(
-        f"no checkpoint of step {step} under {root}; it holds "
-        + (f"steps {', '.join(map(str, held))}" if held else "none")
-    )
+    by_step = {int(_NAME.fullmatch(path.name).group(1)): path for path in list_checkpoints(root)}
+    if step not in by_step:
+        held = f"steps {', '.join(map(str, by_step))}" if by_step else "none"
+        raise ValueError(f"no checkpoint of step {step} under {root}; it holds {held}")
+    return by_step[step]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

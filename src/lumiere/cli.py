@@ -778,7 +778,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if not args.config.is_file():
         parser.error(f"argument config: no such file: {str(args.config)!r}")
     from lumiere.config import load_config
-    from lumiere.train import train
+    from lumiere.train import export_checkpoint, train
 
     if args.export is None and args.step is not None:
         parser.error("argument --step: needs --export DIR (the checkpoint of step N to export)")
@@ -786,8 +786,6 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("argument --export: exports without training; drop --resume and --time-limit")
     config = load_config(args.config)  # a ValueError naming the file and key (exit code 2)
     if args.export is not None:
-        from lumiere.train import export_checkpoint
-
         check_writable(args.export, "argument --export", folder=True)
         # No checkpoint, or none of that step: a ValueError naming the folder (exit code 2).
         export_checkpoint(config, args.export, step=args.step)
