@@ -4,6 +4,7 @@ counter-examples), the deepened STUNet (identity at init, save/load) and the 80-
 import copy
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -341,6 +342,9 @@ def test_long_model_is_saved_as_what_it_changed(tmp_path):
         stored = set(handle.keys())
     whole = set(both.long_stunet.state_dict())
     assert stored and stored < whole and all(name.startswith("coarse_level.") for name in stored)
+    mask = os.umask(0)
+    os.umask(mask)  # an ordinary file (readable by all once installed), not a temporary file's 0o600
+    assert (tmp_path / "long_stunet" / SHARED_FILE).stat().st_mode & 0o777 == 0o666 & ~mask
     loaded = LumierePipeline.from_pretrained(tmp_path).long_stunet
     alone = STUNet.from_pretrained(tmp_path / "long_stunet")  # as model.init_from reads it: with ../stunet
     for name, tensor in both.long_stunet.state_dict().items():

@@ -15,6 +15,7 @@ import torch
 
 from lumiere.eval.conditional import psnr
 from lumiere.eval.evaluate import real_clips_for
+from lumiere.eval.long_clips import score_long
 from lumiere.models.conditional import is_conditional_stunet, motion_region
 from lumiere.pipelines import DEFAULT_MODEL_DIR, LumierePipeline
 from lumiere.testing.real_clips import real_clips as real_photo_clips
@@ -158,3 +159,19 @@ def test_shipped_ssr_beats_bicubic_on_held_out_real_photographs(ssr_pipe):
         gains.append(psnr(upsampled, truth) - psnr(bicubic, truth))
     assert np.mean(gains) > SSR_REAL_GAIN_DB, gains
     assert min(gains) > SSR_REAL_WORST_DB, gains
+
+
+def test_shipped_long_model_makes_80_frames_in_one_pass(pipe):
+    """Issue 33 (docs/long_clips.md): 80-frame clips go to the shipped long model, which keeps the
+    object and its colour in every second; shorter clips stay with the 16-frame model."""
+    if pipe.long_stunet is None:
+        pytest.skip("no long-clip model shipped")
+    assert pipe.base_model(80) is pipe.long_stunet and pipe.long_stunet.coarse_level is not None
+    trained = [p.abs().max() for p in pipe.long_stunet.coarse_level.proj_out.parameters()]
+    assert max(trained) > 0  # fine-tuned: the level's zero-initialised output projection has moved
+    assert pipe.base_model(16) is pipe.stunet and pipe.base_model(32) is pipe.stunet  # long_clip_frames 80
+    assert pipe.base_model(80, window=16) is pipe.stunet  # windows are the 16-frame model's
+    frames = run(pipe, num_frames=80)
+    assert frames.shape == (80, 32, 32, 3) and np.isfinite(frames).all()
+    scores = score_long(frames, PROMPT)
+    assert scores["present"] and scores["colour"], scores

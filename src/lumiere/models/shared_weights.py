@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lumiere.checkpoint import CheckpointError, verify_checksums, write_checksums
+from lumiere.files import atomic_write
 
 SHARED_FILE = "weights_beyond_base.safetensors"
 Model = TypeVar("Model", bound=ModelMixin)
@@ -75,7 +76,8 @@ def save_beyond_base(model: ModelMixin, base: ModelMixin, directory: str | Path,
         "base_tensors": "\n".join(shared),
         "base_sha256": _fingerprint(theirs, shared),
     }
-    save_file(own, directory / SHARED_FILE, metadata=metadata)
+    with atomic_write(directory / SHARED_FILE) as temporary:  # whole or not at all; mode per umask
+        save_file(own, temporary, metadata=metadata)
     write_checksums(directory, [SHARED_FILE])
     return sum(state[name].numel() * state[name].element_size() for name in shared)
 
