@@ -12,15 +12,13 @@ between the first and last second.
 
 Methods:
 
-- ``one_pass``: the 80-frame model (``--long-model``, ``configs/long/80_frames.yaml``), 80 frames
-  in one pass;
-- ``shipped_one_pass``: the 16-frame model (``--short-model``, default the shipped one) asked for
-  80 frames in one pass (what ``--frames 80`` gave before the 80-frame model shipped);
+- ``one_pass``: the 80-frame model (``--long-model``, default the shipped pipeline, whose
+  ``long_stunet`` makes clips of 80 frames; ``configs/long/80_frames.yaml``), 80 frames in one pass;
+- ``shipped_one_pass``: the 16-frame model (``--short-model``, default the shipped pipeline's
+  ``stunet``, its long-clip model set aside) asked for 80 frames in one pass (what ``--frames 80``
+  gave before the 80-frame model shipped);
 - ``windows``: the 16-frame model over windows of 16 frames (overlap 8), reconciled at every step
   by temporal MultiDiffusion (``pipe(..., window=16)``);
-
-Once the 80-frame model is the shipped one, ``--short-model`` names the 16-frame model it replaced
-(``git archive a31a690 src/lumiere/weights/default | tar -x -C runs/short16``).
 - ``cascade``: keyframes + TSR. A keyframe model (``--keyframe-model``; default the shipped
   model, better one fine-tuned on keyframes, ``configs/long/keyframes_16.yaml``) makes 80 /
   ``--stride`` frames, one every ``--stride``-th frame of the clip; the TSR fills in the frames
@@ -29,7 +27,7 @@ Once the 80-frame model is the shipped one, ``--short-model`` names the 16-frame
   temporal super-resolution). The TSR is not trained on keyframe masks (``bench/ablation.py``'s
   cascade is, but that script keeps no weights), which handicaps this arm: say so with its figures.
 
-``--timing`` also measures one 80-frame clip of the one-pass model (or the shipped model with
+``--timing`` also measures one 80-frame clip of the one-pass model (the shipped one with
 ``--long-model`` absent) on ``--threads`` cores: base alone, and base + SSR to 64x64, each in a
 fresh process (time and peak resident memory, ``harness``).
 
@@ -73,6 +71,14 @@ def load_pipeline(path: str | None):
 
     pipe = LumierePipeline.from_pretrained(path) if path else LumierePipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_short_pipeline(path: str | None):
+    """The 16-frame model's pipeline (``path``; None: the shipped one) with any long-clip model set
+    aside, so that 80 frames in one pass, windows and keyframes are all the 16-frame model's."""
+    pipe = load_pipeline(path)
+    pipe.long_stunet = None
     return pipe
 
 
@@ -184,12 +190,13 @@ def timing(args) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--long-model", default=None, help="the 80-frame pipeline folder (runs/long_80/model)"
+        "--long-model", default=None,
+        help="the 80-frame pipeline folder (runs/long_80/model; default: the shipped pipeline, its long_stunet)",
     )
     parser.add_argument(
         "--short-model", default=None,
         help="the 16-frame model of shipped_one_pass, windows and the cascade's defaults (default: the shipped "
-        "model; once the 80-frame model ships, the 16-frame one it replaced)",
+        "pipeline's stunet; a long-clip model in the folder is set aside)",
     )  # fmt: skip
     parser.add_argument(
         "--keyframe-model", default=None, help="cascade keyframes (default: the shipped model)"
@@ -228,7 +235,7 @@ def parse_args() -> argparse.Namespace:
     )
     args = parser.parse_args()
     if args.methods == "all":
-        args.methods = [m for m in METHODS if m != "one_pass" or args.long_model]
+        args.methods = list(METHODS)
     elif args.methods == "none":
         args.methods = []
     else:
@@ -236,8 +243,6 @@ def parse_args() -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    if "one_pass" in args.methods and not args.long_model:
-        parser.error("method one_pass needs --long-model")
     if args.count < 1:
         parser.error("--count must be >= 1")
     if args.start < 0:
@@ -349,8 +354,10 @@ def main() -> None:
     results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "methods": {}}
     pipes: dict[str, Any] = {}
     if args.methods:
-        pipes["shipped"] = load_pipeline(args.short_model)
-        pipes["long"] = load_pipeline(args.long_model) if args.long_model else None
+        pipes["shipped"] = load_short_pipeline(args.short_model)
+        pipes["long"] = load_pipeline(args.long_model)
+        if "one_pass" in args.methods and args.long_model is None and pipes["long"].long_stunet is None:
+            raise SystemExit("method one_pass: the shipped pipeline has no long-clip model; pass --long-model")
         pipes["keyframe"] = load_pipeline(args.keyframe_model) if args.keyframe_model else pipes["shipped"]
         pipes["tsr"] = load_pipeline(args.tsr_model) if args.tsr_model else pipes["shipped"]
     for method in args.methods:

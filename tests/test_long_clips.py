@@ -451,6 +451,15 @@ def test_a_slice_of_the_prompts_gives_the_whole_runs_clips():
     assert not np.array_equal(whole[0], whole[1])  # the seeds differ from clip to clip
 
 
+def test_compare_baseline_is_the_16_frame_model(compare):
+    """The baselines (``shipped_one_pass``, windows, keyframes) are the 16-frame model's even when
+    the shipped pipeline holds a long-clip model; ``one_pass`` by default is the shipped long one."""
+    short, shipped = compare.load_short_pipeline(None), compare.load_pipeline(None)
+    assert short.base_model(80) is short.stunet and short.long_stunet is None
+    if shipped.long_stunet is not None:
+        assert shipped.base_model(80) is shipped.long_stunet
+
+
 def test_compare_merges_slices_in_order_and_refuses_gaps(compare, tmp_path):
     prompts = draw_long_prompts(4, seed=3)
     clips = [np.full((2, 4, 4, 3), i / 8, dtype=np.float32) for i in range(4)]
