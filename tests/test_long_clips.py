@@ -264,6 +264,56 @@ def test_deepened_stunet_starts_as_the_model_and_round_trips(tmp_path):
         torch.testing.assert_close(loaded(sample, timestep, text).sample, after)
 
 
+def test_temporal_convs_that_read_the_text_start_as_the_model_and_round_trip(tmp_path):
+    model = _tiny_stunet()
+    sample = torch.randn(2, model.in_channels, 8, 16, 16)
+    text = torch.randn(2, 5, model.image_config.cross_attention_dim)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    timestep = torch.tensor([10, 700])
+    with torch.no_grad():
+        before = model(sample, timestep, text, mask).sample
+    model.add_text_to_temporal_convs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(sample, timestep, text, mask).sample, before, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="read the text already"):
+        model.add_text_to_temporal_convs()
+    model.freeze_spatial(True)
+    convs = [conv for block in (*model.down_blocks, *model.up_blocks) for conv in block.temporal_convs]
+    assert all(conv.text_modulation.weight.requires_grad for conv in convs)
+
+    model.train()  # the zero FiLM gets a gradient, so training can switch it on
+    model(sample, timestep, text, mask).sample.square().mean().backward()
+    assert all(conv.text_modulation.weight.grad.abs().sum() > 0 for conv in convs)
+    model.zero_grad()
+    model.eval()
+    with torch.no_grad():  # a trained FiLM: the temporal convs now follow the text
+        for conv in convs:
+            conv.text_modulation.weight.normal_(0, 0.05)
+        after = model(sample, timestep, text, mask).sample
+        other_text = text.clone()
+        other_text[1, 2] += 1.0
+        changed = model(sample, timestep, other_text, mask).sample
+        padding = text.clone()
+        padding[0, 3:] += 1.0  # tokens the mask drops: neither the attention nor the FiLM reads them
+        padded = model(sample, timestep, padding, mask).sample
+    assert (after - before).abs().max() > 1e-3
+    assert (changed[1] - after[1]).abs().max() > 1e-3
+    torch.testing.assert_close(padded, after)
+    with pytest.raises(ValueError, match="pass text_summary"):
+        convs[0](torch.randn(8, convs[0].norm.num_channels, 4, 4), 8)
+
+    model.save_pretrained(tmp_path)
+    loaded = STUNet.from_pretrained(tmp_path).eval()
+    assert loaded.config.temporal_conv_text
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample, timestep, text, mask).sample, after)
+
+
+def test_temporal_conv_text_is_refused_where_there_are_no_temporal_convs_to_train(tmp_path):
+    with pytest.raises(ValueError, match="temporal_conv_text applies to stages"):
+        config_from_dict({"stage": "ssr", "output_dir": str(tmp_path), "model": {"temporal_conv_text": True}})
+
+
 def test_the_coarse_level_learns():
     """Its zero projection gets a gradient, so training can switch the level on."""
     model = _tiny_stunet()
@@ -417,6 +467,8 @@ def test_smoke_config_trains_exports_and_resumes(tmp_path):
     assert result.step == 3
     exported = STUNet.from_pretrained(Path(result.model_dir) / "stunet")
     assert exported.config.coarse_temporal_halvings == 2 and exported.temporal_factor == 16
+    assert exported.config.temporal_conv_text  # the surgery of model.temporal_conv_text, saved
+    assert exported.down_blocks[0].temporal_convs[0].text_modulation.weight.abs().sum() > 0  # and trained
 
 
 # ---- the comparison run in slices (bench/long_clip_compare.py) -------------------------------

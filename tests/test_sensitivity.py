@@ -57,6 +57,26 @@ def test_direction_swap_applies_only_to_translations():
     assert swapped_attributes({**item, "motion": "moving down"}, "up_down")["motion"] == "moving up"
 
 
+def test_long_motion_swaps_go_both_ways():
+    """ "and_back" turns long moves into one-way ones and one-way moves into long ones; "bounce_speed"
+    swaps the two speeds, on clips that all bounce with a speed word."""
+    _, true, swapped = _clips("and_back", 12, num_frames=8, resolution=16, seed=0)
+    long_first = ["and back" in parse_caption(c)["motion"] for c in true]
+    assert any(long_first) and not all(long_first)
+    assert all(
+        ("and back" in parse_caption(c)["motion"]) != first
+        for c, first in zip(swapped, long_first, strict=True)
+    )
+    _, true, swapped = _clips("bounce_speed", 6, num_frames=8, resolution=16, seed=0)
+    speeds = [parse_caption(c)["motion"] for c in true]
+    assert set(speeds) == {"bouncing slowly", "bouncing quickly"}
+    swap = {"bouncing slowly": "bouncing quickly", "bouncing quickly": "bouncing slowly"}
+    assert [parse_caption(c)["motion"] for c in swapped] == [swap[m] for m in speeds]
+    item = MovingShapes(length=1, seed=0)[0]["attributes"]
+    assert swapped_attributes({**item, "motion": "bouncing"}, "bounce_speed") is None
+    assert swapped_attributes({**item, "motion": "growing"}, "then")["motion"] == "growing then shrinking"
+
+
 def test_text_blind_model_has_no_sensitivity(encoder):
     stunet = tiny_stunet()
     with torch.no_grad():  # zero every cross-attention output: the text can no longer reach the output
@@ -93,3 +113,11 @@ def test_bad_arguments_are_named(encoder):
         caption_sensitivity(stunet, encoder, "colour", count=0)
     with pytest.raises(ValueError, match="not an SSR model"):
         caption_sensitivity(build_ssr_stunet(build_unet2d("tiny")), encoder, "colour", **SMALL)
+
+
+def test_cli_names_a_frame_count_the_model_cannot_take(capsys):
+    from lumiere.eval.sensitivity import main
+
+    with pytest.raises(SystemExit):
+        main(["--frames", "81", "--count", "1", "--attribute", "bounce_speed"])
+    assert "--frames must be a multiple of" in capsys.readouterr().err

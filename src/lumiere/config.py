@@ -37,6 +37,7 @@ class ModelConfig:
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
     )  # spatial modules given LoRA, by name suffix (diffusers' choice: the attention projections)
     coarse_temporal_halvings: int = 0  # stunet/conditional: halve time this many more times below the mid block (STUNet.deepen_time, long clips); 0: as loaded
+    temporal_conv_text: bool = False  # stunet/conditional: the temporal convs read the mean text state (STUNet.add_text_to_temporal_convs, long clips); false: as loaded
     lora_fuse: bool = False  # export: merge the LoRA into the spatial weights instead of writing pytorch_lora_weights.safetensors
 
 
@@ -193,6 +194,10 @@ class TrainConfig:
         if self.model.coarse_temporal_halvings and self.stage not in ("stunet", "conditional"):
             raise ValueError(
                 f"config key model.coarse_temporal_halvings applies to stages 'stunet' and 'conditional', not {self.stage!r}"
+            )
+        if self.model.temporal_conv_text and self.stage not in ("stunet", "conditional"):
+            raise ValueError(
+                f"config key model.temporal_conv_text applies to stages 'stunet' and 'conditional', not {self.stage!r}"
             )
         if self.data.long_motion_share or self.data.long_motion_mix is not None:
             from lumiere.data.shapes import check_long_motions

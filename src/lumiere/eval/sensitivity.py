@@ -14,6 +14,11 @@ model ignores the attribute, 1 when getting it wrong costs as much as having no 
 a wrong value is worse than none (the model commits to what the caption says). High timesteps
 matter most: they are where the sampler decides the layout and the motion of the clip.
 
+The long motions of issue 33 have their own swaps: "and_back" ("moving right and back" becomes
+"moving right" and back again), "then" ("growing then shrinking" becomes "growing") and "bounce_speed"
+("bouncing slowly" becomes "bouncing quickly"), on clips drawn with long motions; ``--frames 80``
+measures a pipeline's long-clip model (``LumierePipeline.base_model``).
+
 No sampling is involved, so this is fast (one forward pass per clip, timestep and caption) and
 precise enough to follow a training run. ``python -m lumiere.eval.sensitivity --help``.
 """
@@ -28,7 +33,7 @@ from typing import Any
 
 import torch
 
-from lumiere.data.shapes import BACKGROUNDS, COLOURS, SHAPES, MovingShapes, make_caption
+from lumiere.data.shapes import BACKGROUNDS, COLOURS, LONG_MOTIONS, SHAPES, MovingShapes, make_caption
 from lumiere.diffusion.objective import DiffusionObjective, make_noise_scheduler
 from lumiere.models.conditional import empty_condition, is_conditional_stunet
 from lumiere.models.stunet import STUNet
@@ -69,7 +74,31 @@ SWAPS: dict[str, tuple[str, dict[str, str]]] = {
             "moving down": "moving right",
         },
     ),
+    # The long motions of issue 33, each against its nearest one-way motion, both ways: does the model
+    # read "and back", "then ..." and the speed of a bounce (docs/long_clips.md)?
+    "and_back": (
+        "motion",
+        {
+            **{f"moving {d} and back": f"moving {d}" for d in ("left", "right", "up", "down")},
+            **{f"moving {d}": f"moving {d} and back" for d in ("left", "right", "up", "down")},
+        },
+    ),
+    "then": (
+        "motion",
+        {
+            "growing then shrinking": "growing",
+            "shrinking then growing": "shrinking",
+            "growing": "growing then shrinking",
+            "shrinking": "shrinking then growing",
+        },
+    ),
+    "bounce_speed": (
+        "motion",
+        {"bouncing slowly": "bouncing quickly", "bouncing quickly": "bouncing slowly"},
+    ),
 }
+# Swaps whose clips are drawn with long motions as well (MovingShapes long_share): half of the clips.
+LONG_SWAPS: dict[str, float] = {"and_back": 0.5, "then": 0.5, "bounce_speed": 1.0}
 DEFAULT_TIMESTEPS = (500, 800, 900, 970)
 
 
@@ -87,7 +116,18 @@ def swapped_attributes(attributes: dict[str, str], attribute: str) -> dict[str, 
 def _clips(attribute: str, count: int, num_frames: int, resolution: int, seed: int):
     """The first ``count`` MovingShapes clips (seed) the swap applies to -> x0 [count, 3, f, h, w],
     true captions, swapped captions."""
-    data = MovingShapes(length=10**9, num_frames=num_frames, resolution=resolution, seed=seed)
+    long_share = LONG_SWAPS.get(attribute, 0.0)
+    long_mix = None
+    if attribute == "bounce_speed":  # only the two bounces with a speed (the other draws would be skipped)
+        long_mix = [float(motion.startswith("bouncing")) for motion in LONG_MOTIONS]
+    data = MovingShapes(
+        length=10**9,
+        num_frames=num_frames,
+        resolution=resolution,
+        seed=seed,
+        long_share=long_share,
+        long_mix=long_mix,
+    )
     videos, true, swapped = [], [], []
     index = 0
     while len(videos) < count:
@@ -181,13 +221,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="timesteps in [0, 999]"
     )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=16,
+        help="frames per clip; a pipeline with a long-clip model measures it from its long_clip_frames on (80)",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="clips per forward pass (>= 1)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    if args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
 
     from lumiere.pipelines import LumierePipeline
 
     pipe = LumierePipeline.from_pretrained(args.model) if args.model else LumierePipeline.from_pretrained()
-    stunet = pipe.stunet.eval()
+    stunet = pipe.base_model(args.frames).eval()  # the model that makes a clip of --frames frames
+    if args.frames % stunet.temporal_factor:
+        parser.error(
+            f"--frames must be a multiple of {stunet.temporal_factor} for this model, got {args.frames}"
+        )
     size = stunet.config.unet_config.get("sample_size", 32)
     results = [
         caption_sensitivity(
@@ -197,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             timesteps=args.timesteps,
             count=args.count,
             seed=args.seed,
+            num_frames=args.frames,
             resolution=int(size),
+            batch_size=args.batch,
         )
         for attribute in args.attribute or list(SWAPS)
     ]

@@ -111,10 +111,17 @@ class FactorizedSpaceTimeConv(InsertedModule):
     GroupNorm -> SiLU -> 3x3 spatial conv -> SiLU -> 1-D temporal conv (kernel ``k`` along frames)
     -> zero-initialised 1x1 output projection, added to the input. Starts as the identity.
 
-    Input and output: ``[(b f), c, h, w]``.
+    With ``text_dim`` (``STUNet.add_text_to_temporal_convs``, our addition for long clips), the
+    normalised input is scaled and shifted by a zero-initialised linear map of the clip's mean text
+    state (FiLM, Perez et al. 2018), so the convolutions that draw the motion frame by frame read
+    the prompt ("and back", "slowly") directly; with zero weights the block computes what it did.
+
+    Input and output: ``[(b f), c, h, w]``; text summary ``[(b f), d]``.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, norm_groups: int = 32):
+    def __init__(
+        self, channels: int, kernel_size: int = 3, norm_groups: int = 32, text_dim: int | None = None
+    ):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd (1, 3, 5, ...), got {kernel_size}")
@@ -122,16 +129,37 @@ class FactorizedSpaceTimeConv(InsertedModule):
         self.spatial_conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.temporal_conv = temporal_conv1d(channels, kernel_size)
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+        self.text_modulation: nn.Linear | None = None
         self.initialize_weights()
+        if text_dim:
+            self.add_text_modulation(text_dim)
 
     def initialize_weights(self) -> None:
         # Zero output projection: the block is the identity at inflation (Sec. 3.1).
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def add_text_modulation(self, text_dim: int) -> None:
+        """A zero-initialised ``Linear(text_dim, 2 c)`` giving (scale, shift) of the normalised input."""
+        channels = self.norm.num_channels
+        parameter = self.proj_out.weight
+        self.text_modulation = nn.Linear(text_dim, 2 * channels).to(parameter.device, parameter.dtype)
+        nn.init.zeros_(self.text_modulation.weight)
+        nn.init.zeros_(self.text_modulation.bias)
+
+    def forward(
+        self, hidden_states: torch.Tensor, num_frames: int, text_summary: torch.Tensor | None = None
+    ) -> torch.Tensor:
         residual = hidden_states
-        hidden_states = self.spatial_conv(F.silu(self.norm(hidden_states)))
+        normed = self.norm(hidden_states)
+        if self.text_modulation is not None:
+            if text_summary is None:
+                raise ValueError(
+                    "this temporal conv reads the text (temporal_conv_text); pass text_summary [(b f), d]"
+                )
+            scale, shift = self.text_modulation(text_summary.to(normed.dtype)).chunk(2, dim=1)
+            normed = normed * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        hidden_states = self.spatial_conv(F.silu(normed))
         hidden_states = over_frames(self.temporal_conv, F.silu(hidden_states), num_frames)
         return residual + self.proj_out(hidden_states)
 
@@ -314,8 +342,10 @@ class FrameConditioning:
     """Timestep embedding ``[b, d_t]`` and text states ``[b, n, d]``, repeated per frame on demand.
 
     Levels run at different frame counts once time is downsampled; ``at(f)`` returns the
-    ``[(b f), ...]`` tensors for ``f`` frames, computed once per count. ``attention_kwargs`` are
-    the caller's ``cross_attention_kwargs``, passed unchanged to the image model's attentions.
+    ``[(b f), ...]`` tensors for ``f`` frames, computed once per count (``summary_at(f)``: the mean
+    text state ``[(b f), d]`` over the kept tokens, for temporal convs that read the text).
+    ``attention_kwargs`` are the caller's ``cross_attention_kwargs``, passed unchanged to the image
+    model's attentions.
     """
 
     def __init__(
@@ -324,10 +354,24 @@ class FrameConditioning:
         text: torch.Tensor,
         text_mask: torch.Tensor | None,
         attention_kwargs: dict[str, Any] | None = None,
+        token_mask: torch.Tensor | None = None,  # [b, n], 1 keeps a token (for the text summary)
     ):
         self.temb, self.text, self.text_mask = temb, text, text_mask
         self.attention_kwargs = attention_kwargs
+        self.token_mask = token_mask
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._summaries: dict[int, torch.Tensor] = {}
+
+    def summary_at(self, num_frames: int) -> torch.Tensor:
+        """The mean of the kept text states, ``[(b f), d]``."""
+        if num_frames not in self._summaries:
+            if self.token_mask is None:
+                summary = self.text.mean(dim=1)
+            else:
+                weights = self.token_mask.to(self.text.dtype).unsqueeze(-1)  # [b, n, 1]
+                summary = (self.text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+            self._summaries[num_frames] = summary.repeat_interleave(num_frames, 0)
+        return self._summaries[num_frames]
 
     def at(self, num_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if num_frames not in self._cache:
@@ -423,13 +467,22 @@ class _SpaceTimeLevel(_CheckpointedLayers):
     """An image-model down or up block (``spatial``) with a factorized space-time conv after each
     of its layers; the subclass adds its temporal resizer (``channels`` wide)."""
 
-    def __init__(self, spatial: nn.Module, kernel_size: int, norm_groups: int):
+    def __init__(self, spatial: nn.Module, kernel_size: int, norm_groups: int, text_dim: int | None):
         super().__init__()
         self.spatial = spatial
         self.channels = spatial.resnets[0].out_channels
         self.temporal_convs = nn.ModuleList(
-            FactorizedSpaceTimeConv(self.channels, kernel_size, norm_groups) for _ in spatial.resnets
+            FactorizedSpaceTimeConv(self.channels, kernel_size, norm_groups, text_dim)
+            for _ in spatial.resnets
         )
+
+    def temporal_conv(
+        self, index: int, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
+    ) -> torch.Tensor:
+        """Temporal conv ``index`` over ``[(b f), c, h, w]`` (with the text summary where it reads it)."""
+        conv = self.temporal_convs[index]
+        summary = conditioning.summary_at(num_frames) if conv.text_modulation is not None else None
+        return conv(hidden_states, num_frames, summary)
 
     def resizers(self) -> tuple[nn.ModuleList, InsertedModule | None]:
         """The image model's spatial resizers of this level and the inserted temporal one (or None)."""
@@ -453,8 +506,15 @@ class SpaceTimeDownBlock(_SpaceTimeLevel):
     ``[(b f), c_in, h, w] -> [(b f'), c_out, h', w']`` plus the skip activations.
     """
 
-    def __init__(self, spatial: nn.Module, temporal_downsample: bool, kernel_size: int, norm_groups: int):
-        super().__init__(spatial, kernel_size, norm_groups)
+    def __init__(
+        self,
+        spatial: nn.Module,
+        temporal_downsample: bool,
+        kernel_size: int,
+        norm_groups: int,
+        text_dim: int | None = None,  # temporal convs read the text summary (None: they do not)
+    ):
+        super().__init__(spatial, kernel_size, norm_groups, text_dim)
         resizes = temporal_downsample and spatial.downsamplers is not None
         self.temporal_downsampler = TemporalDownsample(self.channels, kernel_size) if resizes else None
 
@@ -462,7 +522,7 @@ class SpaceTimeDownBlock(_SpaceTimeLevel):
         self, index: int, hidden_states: torch.Tensor, conditioning: FrameConditioning, num_frames: int
     ):
         hidden_states = _spatial_layer(self.spatial, index, hidden_states, conditioning, num_frames)
-        return self.temporal_convs[index](hidden_states, num_frames)
+        return self.temporal_conv(index, hidden_states, conditioning, num_frames)
 
     def resizers(self) -> tuple[nn.ModuleList, InsertedModule | None]:
         return self.spatial.downsamplers, self.temporal_downsampler
@@ -595,15 +655,22 @@ class SpaceTimeUpBlock(_SpaceTimeLevel):
     ``[(b f), c_in, h, w] -> [(b f''), c_out, h'', w'']``.
     """
 
-    def __init__(self, spatial: nn.Module, temporal_upsample: bool, kernel_size: int, norm_groups: int):
-        super().__init__(spatial, kernel_size, norm_groups)
+    def __init__(
+        self,
+        spatial: nn.Module,
+        temporal_upsample: bool,
+        kernel_size: int,
+        norm_groups: int,
+        text_dim: int | None = None,  # temporal convs read the text summary (None: they do not)
+    ):
+        super().__init__(spatial, kernel_size, norm_groups, text_dim)
         resizes = temporal_upsample and spatial.upsamplers is not None
         self.temporal_upsampler = TemporalUpsample(self.channels, kernel_size) if resizes else None
 
     def layer(self, index, hidden_states, skip, conditioning: FrameConditioning, num_frames: int):
         hidden_states = torch.cat([hidden_states, skip], dim=1)
         hidden_states = _spatial_layer(self.spatial, index, hidden_states, conditioning, num_frames)
-        return self.temporal_convs[index](hidden_states, num_frames)
+        return self.temporal_conv(index, hidden_states, conditioning, num_frames)
 
     def forward(
         self, hidden_states, skips: list[torch.Tensor], conditioning: FrameConditioning, num_frames: int
@@ -709,6 +776,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         temporal_cross_attention: bool = True,  # temporal attention blocks also attend to the text
         coarse_temporal_halvings: int = 0,  # long clips: halvings of time below the mid block (CoarseTemporalLevel); 0: none
         coarse_temporal_layers: int = 2,  # temporal attention blocks of that level
+        temporal_conv_text: bool = False,  # long clips: temporal convs read the mean text state (FiLM)
     ):
         super().__init__()
         unet_config = {k: v for k, v in dict(unet_config).items() if not k.startswith("_")}
@@ -748,14 +816,15 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
             if noise_level_conditioning
             else None
         )
+        text_dim = image_config.cross_attention_dim
+        text_dim = text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim  # the mid block's
+        conv_text_dim = text_dim if temporal_conv_text else None
         self.down_blocks = nn.ModuleList(
             SpaceTimeDownBlock(
-                block, flags[i] if i < len(flags) else False, temporal_kernel_size, norm_groups
+                block, flags[i] if i < len(flags) else False, temporal_kernel_size, norm_groups, conv_text_dim
             )
             for i, block in enumerate(image_model.down_blocks)
         )
-        text_dim = image_config.cross_attention_dim
-        text_dim = text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim  # the mid block's
         self.mid_block = SpaceTimeMidBlock(
             image_model.mid_block,
             temporal_attention_layers,
@@ -772,7 +841,11 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         n = len(image_model.up_blocks)
         self.up_blocks = nn.ModuleList(
             SpaceTimeUpBlock(
-                block, flags[n - 2 - k] if k < n - 1 else False, temporal_kernel_size, norm_groups
+                block,
+                flags[n - 2 - k] if k < n - 1 else False,
+                temporal_kernel_size,
+                norm_groups,
+                conv_text_dim,
             )
             for k, block in enumerate(image_model.up_blocks)
         )
@@ -886,6 +959,22 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
             self.coarse_level._gradient_checkpointing_func = self._gradient_checkpointing_func
             self.coarse_level.gradient_checkpointing = True
         self.register_to_config(coarse_temporal_halvings=halvings, coarse_temporal_layers=num_layers)
+
+    def add_text_to_temporal_convs(self) -> None:
+        """Model surgery for long clips: every factorized space-time conv reads the clip's mean text
+        state through a zero-initialised FiLM (``FactorizedSpaceTimeConv.add_text_modulation``), so
+        the model gives exactly the same output as before. Saved in the config
+        (``temporal_conv_text``), so ``from_pretrained`` builds it."""
+        if self.config.get("temporal_conv_text", False):
+            raise ValueError("this STUNet's temporal convs read the text already (temporal_conv_text)")
+        text_dim = self.image_config.cross_attention_dim
+        text_dim = (
+            text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim
+        )  # as the temporal attention's
+        for block in (*self.down_blocks, *self.up_blocks):
+            for conv in block.temporal_convs:
+                conv.add_text_modulation(text_dim)
+        self.register_to_config(temporal_conv_text=True)
 
     # ----- attention interface --------------------------------------------------------------
 
@@ -1062,7 +1151,9 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         mask_bias = None
         if encoder_attention_mask is not None:
             mask_bias = ((1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
-        conditioning = FrameConditioning(temb, encoder_hidden_states, mask_bias, cross_attention_kwargs)
+        conditioning = FrameConditioning(
+            temb, encoder_hidden_states, mask_bias, cross_attention_kwargs, encoder_attention_mask
+        )
 
         # 3. Frames become batch entries for the image model's 2-D layers: [(b f), c, h, w].
         hidden_states = self.conv_in(rearrange(sample, "b c f h w -> (b f) c h w"))

@@ -239,7 +239,11 @@ class VideoStage(Stage):
 
     def deepen(self, model: STUNet) -> None:
         """``model.coarse_temporal_halvings``: the temporal-only level for long clips
-        (``STUNet.deepen_time``; it starts as the loaded model), unless the model has it already."""
+        (``STUNet.deepen_time``; it starts as the loaded model), unless the model has it already;
+        ``model.temporal_conv_text``: temporal convs that read the text (``STUNet.add_text_to_temporal_convs``,
+        also starting as the loaded model), unless they do already."""
+        if self.config.model.temporal_conv_text and not model.config.get("temporal_conv_text", False):
+            model.add_text_to_temporal_convs()
         halvings = self.config.model.coarse_temporal_halvings
         if not halvings:
             return
