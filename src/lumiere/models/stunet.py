@@ -692,6 +692,13 @@ class SpaceTimeUpBlock(_SpaceTimeLevel):
 # ---------------------------------------------------------------------------------------------
 
 
+def _text_width(image_config: Any) -> int:
+    """Width of the text states the temporal modules read: the image model's cross-attention width
+    (the mid block's, where it is given per block)."""
+    width = image_config.cross_attention_dim
+    return width[-1] if isinstance(width, (list, tuple)) else width
+
+
 def check_unet_config(unet_config: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming what the STUNet cannot inflate in a UNet2DConditionModel config,
     and listing what it can."""
@@ -816,8 +823,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
             if noise_level_conditioning
             else None
         )
-        text_dim = image_config.cross_attention_dim
-        text_dim = text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim  # the mid block's
+        text_dim = _text_width(image_config)
         conv_text_dim = text_dim if temporal_conv_text else None
         self.down_blocks = nn.ModuleList(
             SpaceTimeDownBlock(
@@ -856,8 +862,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
     def make_coarse_level(self, halvings: int, num_layers: int) -> CoarseTemporalLevel:
         """A ``CoarseTemporalLevel`` at the mid block's width, with the heads, kernel and text width
         of the model's other temporal modules (``config``: registered before ``__init__`` runs)."""
-        text_dim = self.image_config.cross_attention_dim
-        text_dim = text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim  # the mid block's
+        text_dim = _text_width(self.image_config)
         return CoarseTemporalLevel(
             self.mid_block.spatial.resnets[0].out_channels,
             halvings,
@@ -967,10 +972,7 @@ class STUNet(ModelMixin, AttentionMixin, ConfigMixin):
         (``temporal_conv_text``), so ``from_pretrained`` builds it."""
         if self.config.get("temporal_conv_text", False):
             raise ValueError("this STUNet's temporal convs read the text already (temporal_conv_text)")
-        text_dim = self.image_config.cross_attention_dim
-        text_dim = (
-            text_dim[-1] if isinstance(text_dim, (list, tuple)) else text_dim
-        )  # as the temporal attention's
+        text_dim = _text_width(self.image_config)
         for block in (*self.down_blocks, *self.up_blocks):
             for conv in block.temporal_convs:
                 conv.add_text_modulation(text_dim)
