@@ -217,6 +217,11 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--long-share", type=float, default=0.6, help="share of prompts with a long motion")
+    parser.add_argument(
+        "--motions", default=None, type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        help='comma-separated motions the prompts ask for in turn, e.g. "bouncing slowly,bouncing quickly" '
+        "(default: drawn, --long-share of them long)",
+    )  # fmt: skip
     parser.add_argument("--frames", type=int, default=80)
     parser.add_argument("--stride", type=int, default=5, help="cascade: one keyframe every stride frames")
     parser.add_argument("--window", type=int, default=16, help="windows / cascade: frames per window")
@@ -262,7 +267,8 @@ def save_clips(
     stacked = np.round(np.stack(clips) * 255).astype(np.uint8)
     np.savez_compressed(
         Path(directory) / f"{method}.npz", clips=stacked, prompts=np.array(prompts), start=args.start,
-        seed=args.seed, long_share=args.long_share, seconds_per_clip=seconds,
+        seed=args.seed, long_share=args.long_share, motions=np.array(args.motions or [], dtype=str),
+        seconds_per_clip=seconds,
     )  # fmt: skip
 
 
@@ -280,10 +286,13 @@ def merge_saved(directories: list[str]) -> dict[str, Any]:
         if not slices:
             continue
         slices.sort(key=lambda piece: int(piece["start"]))
-        seeds = {(int(piece["seed"]), float(piece["long_share"])) for piece in slices}
+        seeds = {
+            (int(piece["seed"]), float(piece["long_share"]), tuple(str(m) for m in piece.get("motions", ())))
+            for piece in slices
+        }  # slices saved before --motions have none: drawn prompts
         if len(seeds) > 1:
             raise SystemExit(
-                f"{method}: the slices were drawn with different --seed/--long-share: {sorted(seeds)}"
+                f"{method}: the slices were drawn with different --seed/--long-share/--motions: {sorted(seeds)}"
             )
         position = 0
         for piece in slices:
@@ -294,10 +303,11 @@ def merge_saved(directories: list[str]) -> dict[str, Any]:
                 )
             position += len(piece["prompts"])
         prompts = [str(p) for piece in slices for p in piece["prompts"]]
-        seed, long_share = seeds.pop()
-        if prompts != draw_long_prompts(len(prompts), seed, long_share):
+        seed, long_share, motions = seeds.pop()
+        if prompts != draw_long_prompts(len(prompts), seed, long_share, list(motions) or None):
             raise SystemExit(
                 f"{method}: the saved prompts are not those of --seed {seed} --long-share {long_share}"
+                + (f" --motions {','.join(motions)}" if motions else "")
             )
         clips = [clip.astype(np.float32) / 255 for piece in slices for clip in piece["clips"]]
         seconds = sum(float(piece["seconds_per_clip"]) * len(piece["prompts"]) for piece in slices) / len(
@@ -350,7 +360,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(harness.describe_machine(argparse.Namespace(device="cpu", threads=args.threads, dtype="fp32",
                                                       compile=False, channels_last=False)))  # fmt: skip
-    prompts = draw_long_prompts(args.start + args.count, args.seed, args.long_share)[args.start :]
+    try:
+        prompts = draw_long_prompts(args.start + args.count, args.seed, args.long_share, args.motions)[args.start :]
+    except ValueError as error:
+        raise SystemExit(f"--motions: {error}") from None
     results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}, "methods": {}}
     pipes: dict[str, Any] = {}
     if args.methods:

@@ -116,6 +116,17 @@ def test_long_prompts_are_a_function_of_the_seed():
     assert set(motions) <= set(MOTIONS) | set(LONG_MOTIONS)
 
 
+def test_long_prompts_can_ask_for_given_motions_in_turn():
+    asked = ["bouncing slowly", "bouncing quickly", "moving right"]
+    prompts = draw_long_prompts(9, seed=0, motions=asked)
+    assert [parse_caption(p)["motion"] for p in prompts] == asked * 3
+    assert prompts[4:] == draw_long_prompts(9, seed=0, motions=asked)[4:]  # a slice is the whole list's
+    assert len({p.split(" bouncing")[0].split(" moving")[0] for p in prompts}) > 3  # the rest is drawn
+    for bad in ([], ["bouncing sideways"]):
+        with pytest.raises(ValueError, match="motions must be a non-empty list of"):
+            draw_long_prompts(4, seed=0, motions=bad)
+
+
 def test_long_captions_parse_back_and_older_captions_do_not_change():
     for motion, phrases in LONG_MOTION_PHRASES.items():
         for phrase in range(len(phrases)):
@@ -516,8 +527,8 @@ def test_compare_merges_slices_in_order_and_refuses_gaps(compare, tmp_path):
     prompts = draw_long_prompts(4, seed=3)
     clips = [np.full((2, 4, 4, 3), i / 8, dtype=np.float32) for i in range(4)]
 
-    def save(name: str, start: int, stop: int, seed: int = 3):
-        args = SimpleNamespace(start=start, seed=seed, long_share=0.6)
+    def save(name: str, start: int, stop: int, seed: int = 3, motions=None, prompts=prompts):
+        args = SimpleNamespace(start=start, seed=seed, long_share=0.6, motions=motions)
         compare.save_clips(str(tmp_path / name), "windows", clips[start:stop], prompts[start:stop], args, 2.0)
         return str(tmp_path / name)
 
@@ -530,3 +541,9 @@ def test_compare_merges_slices_in_order_and_refuses_gaps(compare, tmp_path):
         compare.merge_saved([save("c", 0, 2), last])
     with pytest.raises(SystemExit, match="different --seed"):
         compare.merge_saved([first, save("d", 3, 4, seed=4)])
+    asked = ["bouncing slowly", "bouncing quickly"]  # --motions: recorded, and merged slices must agree
+    chosen = draw_long_prompts(4, seed=3, motions=asked)
+    halves = [save("e", 0, 2, motions=asked, prompts=chosen), save("f", 2, 4, motions=asked, prompts=chosen)]
+    assert compare.merge_saved(halves)["windows"]["prompts"] == chosen
+    with pytest.raises(SystemExit, match="different --seed/--long-share/--motions"):
+        compare.merge_saved([halves[0], save("g", 2, 4, prompts=chosen)])

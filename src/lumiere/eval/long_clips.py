@@ -37,7 +37,9 @@ from lumiere.data.shapes import (
     BOUNCE_PERIOD_SPLIT,
     COLOURS,
     LONG_MOTION_PHRASES,
+    LONG_MOTIONS,
     MOTION_PHRASES,
+    MOTIONS,
     STATIC,
     VIDEO_TEMPLATES,
     check_long_motions,
@@ -226,18 +228,30 @@ def score_long(clip: np.ndarray | torch.Tensor | LongReading, caption: str) -> d
     return result
 
 
-def draw_long_prompts(count: int, seed: int, long_share: float = 0.6) -> list[str]:
+def draw_long_prompts(
+    count: int, seed: int, long_share: float = 0.6, motions: Sequence[str] | None = None
+) -> list[str]:
     """``count`` captions for long clips, a pure function of ``seed``: background, shape and colour
     as ``lumiere eval`` draws them, the motion one of LONG_MOTIONS with probability ``long_share``
-    (uniform among them), else one of the older MOTIONS."""
+    (uniform among them), else one of the older MOTIONS. ``motions`` (of MOTIONS and LONG_MOTIONS)
+    asks for those motions instead, prompt i for ``motions[i % len(motions)]``: a probe of a few
+    words ("bouncing slowly" against "bouncing quickly") on balanced prompts."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     check_long_motions(long_share, None)
+    if motions is not None:
+        unknown = [m for m in motions if m not in MOTIONS and m not in LONG_MOTIONS]
+        if not motions or unknown:
+            raise ValueError(
+                f"motions must be a non-empty list of {', '.join((*MOTIONS, *LONG_MOTIONS))}; got {list(motions)}"
+            )
     rng = np.random.default_rng([seed, 33])
     prompts = []
-    for _ in range(count):
+    for index in range(count):
         attributes = random_attributes(rng)
-        if rng.random() < long_share:
+        if motions is not None:
+            attributes["motion"] = motions[index % len(motions)]
+        elif rng.random() < long_share:
             attributes["motion"] = random_long_motion(rng)
         template = int(rng.integers(len(VIDEO_TEMPLATES)))
         phrases = LONG_MOTION_PHRASES.get(attributes["motion"]) or MOTION_PHRASES[attributes["motion"]]
