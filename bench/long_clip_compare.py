@@ -38,18 +38,21 @@ fresh process (time and peak resident memory, ``harness``).
 
 The 200 prompts take hours on 2 cores, so a run can take a slice of them and the slices be merged:
 ``--start S --count N`` makes prompts S..S+N-1 of the same list, each clip seeded by its place in
-the list (so a slice's clips are the full run's), and ``--merge DIR ...`` reads the clips saved by
-the slices (``--save-clips DIR``), checks that they cover prompts 0..n-1 once each, and prints the
-table of the whole set:
+the list (so a slice's clips are the full run's), and ``--merge`` reads the slices, checks that they
+cover prompts 0..n-1 once each, and prints the table of the whole set. A slice is either its clips
+(``--save-clips DIR``, ~90 kB a clip, probed again by the merge) or its results JSON written with
+``--clips`` (each clip's reading, ~0.5 kB a clip: small enough to keep in the repository, so a
+table can grow over sessions whose ``runs/`` folders do not survive; ``docs/long_clip_compare/``):
 
-    python bench/long_clip_compare.py ... --start 0 --count 100 --save-clips runs/long_cmp/a
-    python bench/long_clip_compare.py ... --start 100 --count 100 --save-clips runs/long_cmp/b
-    python bench/long_clip_compare.py --merge runs/long_cmp/a runs/long_cmp/b --out docs/long_clip_compare.json
+    python bench/long_clip_compare.py ... --start 0 --count 100 --clips --out runs/long_cmp/000.json
+    python bench/long_clip_compare.py ... --start 100 --count 100 --save-clips runs/long_cmp/100
+    python bench/long_clip_compare.py --merge runs/long_cmp/000.json runs/long_cmp/100 --out docs/long_clip_compare.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -60,7 +63,7 @@ import torch
 
 import harness
 from lumiere.eval.evaluate import generate_clips
-from lumiere.eval.long_clips import draw_long_prompts, long_clip_metrics
+from lumiere.eval.long_clips import draw_long_prompts, long_clip_metrics, summarise_clip_lines
 
 METHODS = ("one_pass", "shipped_one_pass", "windows", "cascade")
 
@@ -212,8 +215,9 @@ def parse_args() -> argparse.Namespace:
         "--start", type=int, default=0, help="first prompt of the list (a slice of a longer run)"
     )
     parser.add_argument(
-        "--merge", nargs="+", default=None, metavar="DIR",
-        help="no generation: the table of the clips saved by runs over slices (--save-clips DIRs)",
+        "--merge", nargs="+", default=None, metavar="DIR_OR_JSON",
+        help="no generation: the table of runs over slices, from their --save-clips folders or their "
+        "results JSON written with --clips",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--long-share", type=float, default=0.6, help="share of prompts with a long motion")
@@ -258,64 +262,128 @@ def parse_args() -> argparse.Namespace:
 ROW = ("colour", "shape", "motion", "present", "all")
 
 
+def fingerprint(model: torch.nn.Module) -> str:
+    """16 hex digits of the sha256 of a model's weights (names and bytes, state-dict order): which
+    model made a slice, so that slices of two models never merge into one column."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def method_recipe(method: str, args, pipes: dict[str, Any]) -> dict[str, Any]:
+    """What makes a method's clip i what it is, beyond its place in the list: the prompt list
+    (seed, long share, motions), the sampling settings the method uses and its models' weights.
+    Slices merge only when their recipes are equal."""
+    recipe: dict[str, Any] = {
+        "seed": args.seed, "long_share": args.long_share, "motions": list(args.motions or []),
+        "frames": args.frames, "steps": args.steps, "guidance": args.guidance,
+    }  # fmt: skip
+    if method == "one_pass":
+        recipe["models"] = {"base": fingerprint(pipes["long"].base_model(args.frames))}
+    elif method == "shipped_one_pass":
+        recipe["models"] = {"base": fingerprint(pipes["shipped"].stunet)}
+    elif method == "windows":
+        recipe.update(window=args.window, overlap=args.overlap, models={"base": fingerprint(pipes["shipped"].stunet)})
+    else:
+        recipe.update(window=args.window, overlap=args.overlap, stride=args.stride)
+        recipe["models"] = {"keyframes": fingerprint(pipes["keyframe"].stunet), "tsr": fingerprint(pipes["tsr"].stunet)}
+    return recipe
+
+
 def save_clips(
-    directory: str, method: str, clips: list[np.ndarray], prompts: list[str], args, seconds: float
-):
-    """``DIR/METHOD.npz``: the clips as uint8 ``[n, f, h, w, 3]``, their prompts and where they
-    sit in the prompt list, to re-read (``--merge``) without generating again."""
+    directory: str, method: str, clips: list[np.ndarray], prompts: list[str], args, seconds: float,
+    recipe: dict[str, Any],
+):  # fmt: skip
+    """``DIR/METHOD.npz``: the clips as uint8 ``[n, f, h, w, 3]``, their prompts, where they sit in
+    the prompt list and the method's recipe, to re-read (``--merge``) without generating again."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     stacked = np.round(np.stack(clips) * 255).astype(np.uint8)
     np.savez_compressed(
         Path(directory) / f"{method}.npz", clips=stacked, prompts=np.array(prompts), start=args.start,
-        seed=args.seed, long_share=args.long_share, motions=np.array(args.motions or [], dtype=str),
-        seconds_per_clip=seconds,
+        recipe=json.dumps(recipe), seconds_per_clip=seconds,
     )  # fmt: skip
 
 
-def merge_saved(directories: list[str]) -> dict[str, Any]:
-    """Each method's clips from the slices in ``directories``, in prompt order: they must cover
-    prompts 0..n-1 of one prompt list exactly once (a ``SystemExit`` naming the gap otherwise)."""
+def _saved_slices(source: str) -> dict[str, dict[str, Any]]:
+    """The slices one source holds, by method: a ``--save-clips`` folder (``METHOD.npz``, read by
+    the probe here) or a results JSON written with ``--clips`` (each clip's line, no clip), both
+    as {"start", "recipe", "prompts", "lines", "seconds_per_clip"}."""
+    path = Path(source)
+    found: dict[str, dict[str, Any]] = {}
+    if path.is_dir():
+        for method in METHODS:
+            if (path / f"{method}.npz").exists():
+                with np.load(path / f"{method}.npz") as saved:
+                    piece = {key: saved[key] for key in saved.files}
+                if "recipe" not in piece:
+                    raise SystemExit(f"--merge: {path / method}.npz has no recipe (saved by an older version)")
+                prompts = [str(p) for p in piece["prompts"]]
+                clips = [clip.astype(np.float32) / 255 for clip in piece["clips"]]
+                found[method] = {
+                    "start": int(piece["start"]), "recipe": json.loads(str(piece["recipe"])), "prompts": prompts,
+                    "lines": long_clip_metrics(clips, prompts)["clips"],
+                    "seconds_per_clip": float(piece["seconds_per_clip"]),
+                }  # fmt: skip
+        return found
+    if path.suffix != ".json" or not path.is_file():
+        raise SystemExit(f"--merge: {source} is neither a --save-clips folder nor a results JSON file")
+    results = json.loads(path.read_text())
+    for method, figures in results["methods"].items():
+        if "clips" not in figures or "recipe" not in figures:
+            raise SystemExit(
+                f"--merge: {source} ({method}) was written without --clips or by an older version: "
+                "it has no clip lines or no recipe"
+            )
+        found[method] = {
+            "start": int(results["args"]["start"]), "recipe": figures["recipe"],
+            "prompts": [line["prompt"] for line in figures["clips"]], "lines": figures["clips"],
+            "seconds_per_clip": float(figures["seconds_per_clip"]),
+        }  # fmt: skip
+    return found
+
+
+def merge_saved(sources: list[str]) -> dict[str, Any]:
+    """Each method's clip lines from the slices in ``sources`` (folders or results JSON files),
+    in prompt order: they must share one recipe (prompt list, settings, model weights) and cover
+    prompts 0..n-1 exactly once (a ``SystemExit`` naming the difference or the gap otherwise)."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for source in sources:
+        for method, piece in _saved_slices(source).items():
+            by_method.setdefault(method, []).append(piece)
     merged: dict[str, Any] = {}
     for method in METHODS:
-        slices = []
-        for directory in directories:
-            path = Path(directory) / f"{method}.npz"
-            if path.exists():
-                with np.load(path) as saved:
-                    slices.append({key: saved[key] for key in saved.files})
+        slices = sorted(by_method.get(method, []), key=lambda piece: piece["start"])
         if not slices:
             continue
-        slices.sort(key=lambda piece: int(piece["start"]))
-        seeds = {
-            (int(piece["seed"]), float(piece["long_share"]), tuple(str(m) for m in piece.get("motions", ())))
-            for piece in slices
-        }  # slices saved before --motions have none: drawn prompts
-        if len(seeds) > 1:
+        recipes = {json.dumps(piece["recipe"], sort_keys=True) for piece in slices}
+        if len(recipes) > 1:
             raise SystemExit(
-                f"{method}: the slices were drawn with different --seed/--long-share/--motions: {sorted(seeds)}"
+                f"{method}: the slices were made differently (prompt list, settings or model weights): "
+                + " vs ".join(sorted(recipes))
             )
         position = 0
         for piece in slices:
-            if int(piece["start"]) != position:
+            if piece["start"] != position:
                 raise SystemExit(
                     f"{method}: the slices must cover the prompts once each, but after prompt {position - 1} "
-                    f"the next slice starts at prompt {int(piece['start'])} (a gap or an overlap)"
+                    f"the next slice starts at prompt {piece['start']} (a gap or an overlap)"
                 )
             position += len(piece["prompts"])
-        prompts = [str(p) for piece in slices for p in piece["prompts"]]
-        seed, long_share, motions = seeds.pop()
-        if prompts != draw_long_prompts(len(prompts), seed, long_share, list(motions) or None):
+        prompts = [p for piece in slices for p in piece["prompts"]]
+        recipe = slices[0]["recipe"]
+        seed, long_share, motions = recipe["seed"], recipe["long_share"], recipe["motions"]
+        if prompts != draw_long_prompts(len(prompts), seed, long_share, motions or None):
             raise SystemExit(
                 f"{method}: the saved prompts are not those of --seed {seed} --long-share {long_share}"
                 + (f" --motions {','.join(motions)}" if motions else "")
             )
-        clips = [clip.astype(np.float32) / 255 for piece in slices for clip in piece["clips"]]
-        seconds = sum(float(piece["seconds_per_clip"]) * len(piece["prompts"]) for piece in slices) / len(
-            prompts
-        )
-        merged[method] = {"clips": clips, "prompts": prompts, "seconds": seconds, "seed": seed}
+        lines = [line for piece in slices for line in piece["lines"]]
+        seconds = sum(piece["seconds_per_clip"] * len(piece["prompts"]) for piece in slices) / len(prompts)
+        merged[method] = {"lines": lines, "prompts": prompts, "seconds": seconds, "recipe": recipe}
     if not merged:
-        raise SystemExit(f"no METHOD.npz in {directories} (methods: {', '.join(METHODS)})")
+        raise SystemExit(f"no METHOD.npz or results JSON with clip lines in {sources} (methods: {', '.join(METHODS)})")
     return merged
 
 
@@ -338,15 +406,16 @@ def merge_main(args) -> None:
     merged = merge_saved(args.merge)
     results: dict[str, Any] = {"args": {**vars(args)}, "methods": {}}
     for method, piece in merged.items():
-        metrics = long_clip_metrics(piece["clips"], piece["prompts"])
+        metrics = summarise_clip_lines(piece["lines"])
         if not args.clips:
             metrics.pop("clips")
-        results["methods"][method] = {**metrics, "seconds_per_clip": piece["seconds"]}
+        results["methods"][method] = {**metrics, "seconds_per_clip": piece["seconds"], "recipe": piece["recipe"]}
     counts = {len(piece["prompts"]) for piece in merged.values()}
     if len(counts) > 1:  # the table compares methods on the same prompts: say where it does not
         print(f"note: the methods cover different numbers of prompts: "
               f"{ {m: len(p['prompts']) for m, p in merged.items()} }")  # fmt: skip
-    args.seed = next(iter(merged.values()))["seed"]
+    recipe = next(iter(merged.values()))["recipe"]  # the table's caption: the first method's settings
+    args.seed, args.frames, args.steps, args.guidance = (recipe[k] for k in ("seed", "frames", "steps", "guidance"))
     print_table(results, max(counts), args)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
@@ -377,12 +446,13 @@ def main() -> None:
         start = time.perf_counter()
         clips = run_method(method, prompts, args, pipes)
         seconds = (time.perf_counter() - start) / len(prompts)
+        recipe = method_recipe(method, args, pipes)
         if args.save_clips:
-            save_clips(args.save_clips, method, clips, prompts, args, seconds)
+            save_clips(args.save_clips, method, clips, prompts, args, seconds, recipe)
         metrics = long_clip_metrics(clips, prompts)
         if not args.clips:
             metrics.pop("clips")
-        results["methods"][method] = {**metrics, "seconds_per_clip": seconds}
+        results["methods"][method] = {**metrics, "seconds_per_clip": seconds, "recipe": recipe}
         print(f"{method}: {seconds:.1f} s/clip")
         if args.out:  # after every method, so a stopped run keeps what it finished
             Path(args.out).write_text(json.dumps(results, indent=2))

@@ -33,7 +33,9 @@ from lumiere.eval.long_clips import (
     long_clip_metrics,
     read_long_clip,
     score_long,
+    summarise_clip_lines,
 )
+from lumiere.eval.probe import to_frames
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
 from lumiere.models.shared_weights import SHARED_FILE, load_beyond_base
 from lumiere.models.stunet import STUNet
@@ -168,6 +170,8 @@ def test_probe_reads_rendered_long_clips():
     assert metrics["bouncing"]["motion_accuracy"] >= 0.95 and metrics["bouncing"]["periodic_clips"] >= 6
     assert metrics["bouncing"]["steady"] == 1.0 and metrics["bouncing"]["median_period_spread"] < 0.05
     assert metrics["drift"]["colour_median"] < 0.01 and metrics["drift"]["size_median"] < 0.01
+    # the figures come back from the clip lines alone, after a JSON round trip (NaN kept as null)
+    assert summarise_clip_lines(json.loads(json.dumps(metrics["clips"]))) == metrics
 
 
 def _bounce(periods: np.ndarray, frames: int = 80) -> np.ndarray:
@@ -525,25 +529,48 @@ def test_compare_baseline_is_the_16_frame_model(compare):
 
 def test_compare_merges_slices_in_order_and_refuses_gaps(compare, tmp_path):
     prompts = draw_long_prompts(4, seed=3)
-    clips = [np.full((2, 4, 4, 3), i / 8, dtype=np.float32) for i in range(4)]
+    rendered = MovingShapes(length=4, num_frames=16, resolution=32, seed=3, long_share=1.0)
+    clips = [to_frames(rendered.sample(i)[0]) for i in range(4)]  # clips the probe can read
+    model = build_unet2d("tiny")
 
-    def save(name: str, start: int, stop: int, seed: int = 3, motions=None, prompts=prompts):
-        args = SimpleNamespace(start=start, seed=seed, long_share=0.6, motions=motions)
-        compare.save_clips(str(tmp_path / name), "windows", clips[start:stop], prompts[start:stop], args, 2.0)
+    def recipe(seed: int = 3, motions=None, model=model) -> dict:
+        args = SimpleNamespace(seed=seed, long_share=0.6, motions=motions, frames=16, steps=2, guidance=5.0,
+                               window=16, overlap=8, stride=5)  # fmt: skip
+        return compare.method_recipe("windows", args, {"shipped": SimpleNamespace(stunet=model)})
+
+    def save(name: str, start: int, stop: int, prompts=prompts, **changed):
+        args = SimpleNamespace(start=start)
+        made = recipe(**changed)
+        compare.save_clips(str(tmp_path / name), "windows", clips[start:stop], prompts[start:stop], args, 2.0, made)
         return str(tmp_path / name)
 
     first, last = save("a", 0, 3), save("b", 3, 4)
     merged = compare.merge_saved([last, first])["windows"]  # any order of the folders
-    assert merged["prompts"] == prompts
-    for a, b in zip(merged["clips"], clips, strict=True):
-        np.testing.assert_allclose(a, b, atol=1 / 255)
+    assert merged["prompts"] == prompts and merged["recipe"] == recipe()
+    quantised = [np.round(clip * 255) / 255 for clip in clips]  # as saved: uint8
+    assert merged["lines"] == long_clip_metrics(quantised, prompts)["clips"]
+    # a slice kept as its results JSON (--clips: the clip lines, no clips) merges with a folder
+    figures = {**long_clip_metrics(quantised[:3], prompts[:3]), "seconds_per_clip": 4.0, "recipe": recipe()}
+    (tmp_path / "first.json").write_text(json.dumps({"args": {"start": 0}, "methods": {"windows": figures}}))
+    mixed = compare.merge_saved([str(tmp_path / "first.json"), last])["windows"]
+    assert mixed["lines"] == merged["lines"] and mixed["seconds"] == (3 * 4.0 + 2.0) / 4
+    figures.pop("clips")
+    (tmp_path / "bare.json").write_text(json.dumps({"args": {"start": 0}, "methods": {"windows": figures}}))
+    with pytest.raises(SystemExit, match="without --clips"):
+        compare.merge_saved([str(tmp_path / "bare.json"), last])
     with pytest.raises(SystemExit, match="after prompt 1 the next slice starts at prompt 3"):
         compare.merge_saved([save("c", 0, 2), last])
-    with pytest.raises(SystemExit, match="different --seed"):
+    with pytest.raises(SystemExit, match="made differently"):
         compare.merge_saved([first, save("d", 3, 4, seed=4)])
+    other = build_unet2d("tiny")  # another model's weights (same shapes): its slices are another column
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert compare.fingerprint(other) != compare.fingerprint(model) == compare.fingerprint(copy.deepcopy(model))
+    with pytest.raises(SystemExit, match="made differently"):
+        compare.merge_saved([first, save("m", 3, 4, model=other)])
     asked = ["bouncing slowly", "bouncing quickly"]  # --motions: recorded, and merged slices must agree
     chosen = draw_long_prompts(4, seed=3, motions=asked)
     halves = [save("e", 0, 2, motions=asked, prompts=chosen), save("f", 2, 4, motions=asked, prompts=chosen)]
     assert compare.merge_saved(halves)["windows"]["prompts"] == chosen
-    with pytest.raises(SystemExit, match="different --seed/--long-share/--motions"):
+    with pytest.raises(SystemExit, match="made differently"):
         compare.merge_saved([halves[0], save("g", 2, 4, prompts=chosen)])

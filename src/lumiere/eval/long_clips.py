@@ -273,7 +273,22 @@ def long_clip_metrics(clips: Sequence[np.ndarray | torch.Tensor], captions: Sequ
             f"clips and captions must be non-empty and of equal length, got {len(clips)} and {len(captions)}"
         )
     readings = [read_long_clip(clip) for clip in clips]
-    scores = [score_long(r, c) for r, c in zip(readings, captions, strict=True)]
+    lines = [clip_line(r, c, score_long(r, c)) for r, c in zip(readings, captions, strict=True)]
+    return summarise_clip_lines(lines)
+
+
+def summarise_clip_lines(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``long_clip_metrics`` from the clips' lines (``clip_line``) alone: the figures of a run
+    made in slices, each slice keeping only its lines (a few hundred bytes a clip, not the clip).
+    The figures behind the lines are rounded to 4 decimals, and so are the thresholds' inputs."""
+    if not lines:
+        raise ValueError("lines must be non-empty")
+    captions = [line["prompt"] for line in lines]
+    scores = [line["scores"] for line in lines]
+
+    def finite(value: float | None) -> float:
+        return float("nan") if value is None else float(value)
+
     keys = ("object", "present", "background", "shape", "colour", "motion", "all")
     accuracy = {
         k: float(np.mean([s[k] for s in scores if k in s])) for k in keys if any(k in s for s in scores)
@@ -282,15 +297,18 @@ def long_clip_metrics(clips: Sequence[np.ndarray | torch.Tensor], captions: Sequ
     # Bounces with a speed word: several at a steady period in the truth (3-10 in 80 frames), so
     # their steadiness is measurable; plain "bouncing" is 1.5-2.5 bounces over the clip.
     periodic = [i for i in bouncing if wanted_motion(captions[i])[1] is not None]
-    objects = [i for i, r in enumerate(readings) if r.probe.is_object]  # drift needs an object
+    objects = [i for i, line in enumerate(lines) if line["is_object"]]  # drift needs an object
     # Size drift is measured where the asked motion has the same size at both ends.
     sized = [i for i in objects if wanted_motion(captions[i])[0] not in SIZE_CHANGING]
+    spread = [finite(line["period_spread"]) for line in lines]
+    colour_drift = [finite(line["colour_drift"]) for line in lines]
+    size_drift = [finite(line["size_drift"]) for line in lines]
 
     def share(indices: list[int], ok) -> float | None:
         return float(np.mean([ok(i) for i in indices])) if indices else None
 
     return {
-        "count": len(clips),
+        "count": len(lines),
         "accuracy": accuracy,
         "bouncing": {
             "clips": len(bouncing),
@@ -298,16 +316,16 @@ def long_clip_metrics(clips: Sequence[np.ndarray | torch.Tensor], captions: Sequ
             "periodic_clips": len(periodic),
             "periodic_motion_accuracy": share(periodic, lambda i: scores[i]["motion"]),  # speed included
             # steady: read as a bounce whose same-kind intervals vary by at most MAX_PERIOD_SPREAD
-            "steady": share(periodic, lambda i: readings[i].steady),
-            "median_period_spread": _median([readings[i].period_spread for i in periodic]),
+            "steady": share(periodic, lambda i: bool(spread[i] <= MAX_PERIOD_SPREAD)),
+            "median_period_spread": _median([spread[i] for i in periodic]),
         },
         "drift": {
-            "colour_median": _median([readings[i].colour_drift for i in objects]),
-            "colour_flagged": share(objects, lambda i: readings[i].colour_drift > MAX_COLOUR_DRIFT),
-            "size_median": _median([readings[i].size_drift for i in sized]),
-            "size_flagged": share(sized, lambda i: readings[i].size_drift > MAX_SIZE_DRIFT),
+            "colour_median": _median([colour_drift[i] for i in objects]),
+            "colour_flagged": share(objects, lambda i: bool(colour_drift[i] > MAX_COLOUR_DRIFT)),
+            "size_median": _median([size_drift[i] for i in sized]),
+            "size_flagged": share(sized, lambda i: bool(size_drift[i] > MAX_SIZE_DRIFT)),
         },
-        "clips": [clip_line(r, c, s) for r, c, s in zip(readings, captions, scores, strict=True)],
+        "clips": list(lines),
     }
 
 
