@@ -35,6 +35,11 @@ from typing import Any
 import torch
 
 import peers
+from lumiere.runtime import keep_freed_memory
+
+# Every benchmark process, its workers included, runs as the lumiere command does (lumiere.runtime);
+# LUMIERE_KEEP_FREED_MEMORY=0 in a worker's environment measures glibc's default instead.
+KEEPS_FREED_MEMORY = keep_freed_memory()
 
 WORKER_FLAG = "--worker"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -301,6 +306,7 @@ def describe_machine(args: argparse.Namespace) -> str:
     flags = [args.dtype] + [
         name for name, on in (("compile", args.compile), ("channels_last", args.channels_last)) if on
     ]
+    flags.append("freed memory kept" if KEEPS_FREED_MEMORY else "glibc malloc defaults")
     return (
         f"machine: {cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; device {device}; "
         f"threads {args.threads}; {', '.join(flags)}"

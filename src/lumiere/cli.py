@@ -45,6 +45,7 @@ from lumiere.files import (
     write_text_atomic,
 )
 from lumiere.pipelines import SAMPLERS, SSROptions
+from lumiere.runtime import keep_freed_memory
 
 logger = logging.getLogger("lumiere")
 # What loading a saved model can raise (lumiere.checkpoint.CheckpointError is a RuntimeError):
@@ -1350,6 +1351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.log_level == "DEBUG":  # tracebacks also where logging was configured before (an embedding program)
         logger.setLevel(logging.DEBUG)
+    keep_freed_memory()  # 1.3-1.4x on CPU: no page faults for every activation (lumiere.runtime)
     # The subcommand's own parser, so errors found later name it.
     parser = args.command_parser
     try:
