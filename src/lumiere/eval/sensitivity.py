@@ -38,6 +38,7 @@ from lumiere.diffusion.objective import DiffusionObjective, make_noise_scheduler
 from lumiere.models.conditional import empty_condition, is_conditional_stunet
 from lumiere.models.stunet import STUNet
 from lumiere.models.text import NULL_PROMPT, TextEncoder
+from lumiere.runtime import keep_freed_memory
 from lumiere.stages import conditioned_forward
 
 
@@ -230,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8, help="clips per forward pass (>= 1)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the lumiere command runs (lumiere.runtime)
     if args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
 
