@@ -40,7 +40,7 @@ The 200 prompts take hours on 2 cores, so a run can take a slice of them and the
 ``--start S --count N`` makes prompts S..S+N-1 of the same list, each clip seeded by its place in
 the list (so a slice's clips are the full run's), and ``--merge`` reads the slices, checks that they
 cover prompts 0..n-1 once each, and prints the table of the whole set. A slice is either its clips
-(``--save-clips DIR``, ~90 kB a clip, probed again by the merge) or its results JSON written with
+(``--save-clips DIR``, ~40 kB a clip, probed again by the merge) or its results JSON written with
 ``--clips`` (each clip's reading, ~0.5 kB a clip: small enough to keep in the repository, so a
 table can grow over sessions whose ``runs/`` folders do not survive; ``docs/long_clip_compare/``):
 
