@@ -396,6 +396,16 @@ def print_table(results: dict[str, Any], count: int, args) -> None:
                   bounce["steady"], drift["colour_median"], drift["size_median"]]  # fmt: skip
         rows.append([method, *(harness.fmt(v, 3) for v in values), harness.fmt(m["seconds_per_clip"], 1)])
     harness.print_table(headers, rows)
+    methods = list(results["methods"])
+    by_asked = {m: results["methods"][m]["motion_by_asked"] for m in methods}
+    asked = sorted({motion for groups in by_asked.values() for motion in groups})
+    rows = []
+    for motion in asked:
+        clips = max(groups[motion]["clips"] for groups in by_asked.values() if motion in groups)
+        cells = [harness.fmt(by_asked[m][motion]["motion_accuracy"], 2) if motion in by_asked[m] else "-" for m in methods]
+        rows.append([f"{motion} ({clips})", *cells])
+    print()
+    harness.print_table(["motion asked (prompts)", *methods], rows)
     print(f"{count} prompts (seed {args.seed}), {args.frames} frames, {args.steps} steps, guidance "
           f"{args.guidance}; bouncing: all bounce prompts; periodic: those with a speed word (speed "
           "included); steady: their share read as a bounce of steady period; drift: medians, first vs "

@@ -170,6 +170,9 @@ def test_probe_reads_rendered_long_clips():
     assert metrics["bouncing"]["motion_accuracy"] >= 0.95 and metrics["bouncing"]["periodic_clips"] >= 6
     assert metrics["bouncing"]["steady"] == 1.0 and metrics["bouncing"]["median_period_spread"] < 0.05
     assert metrics["drift"]["colour_median"] < 0.01 and metrics["drift"]["size_median"] < 0.01
+    by_asked = metrics["motion_by_asked"]  # every clip in one group; each motion reads on the truth
+    assert sum(g["clips"] for g in by_asked.values()) == len(clips) and len(by_asked) >= 14
+    assert all(g["motion_accuracy"] >= 0.75 for g in by_asked.values()), by_asked
     # the figures come back from the clip lines alone, after a JSON round trip (NaN kept as null)
     assert summarise_clip_lines(json.loads(json.dumps(metrics["clips"]))) == metrics
 

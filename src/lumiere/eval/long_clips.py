@@ -325,8 +325,22 @@ def summarise_clip_lines(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "size_median": _median([size_drift[i] for i in sized]),
             "size_flagged": share(sized, lambda i: bool(size_drift[i] > MAX_SIZE_DRIFT)),
         },
+        # motion accuracy per asked motion (speed included): where the whole-clip motion fails
+        "motion_by_asked": {
+            asked: {"clips": len(indices), "motion_accuracy": share(indices, lambda i: scores[i]["motion"])}
+            for asked, indices in sorted(_by_asked_motion(captions).items())
+        },
         "clips": list(lines),
     }
+
+
+def _by_asked_motion(captions: Sequence[str]) -> dict[str, list[int]]:
+    """Indices of the captions by the motion they ask for, speed included ("bouncing slowly")."""
+    groups: dict[str, list[int]] = {}
+    for index, caption in enumerate(captions):
+        motion, speed = wanted_motion(caption)
+        groups.setdefault(motion if speed is None else f"{motion} {speed}", []).append(index)
+    return groups
 
 
 def clip_line(reading: LongReading, caption: str, scores: dict[str, bool]) -> dict[str, Any]:
