@@ -41,7 +41,7 @@ The 200 prompts take hours on 2 cores, so a run can take a slice of them and the
 the list (so a slice's clips are the full run's), and ``--merge`` reads the slices, checks that they
 cover prompts 0..n-1 once each, and prints the table of the whole set. A slice is either its clips
 (``--save-clips DIR``, ~40 kB a clip, probed again by the merge) or its results JSON written with
-``--clips`` (each clip's reading, ~0.5 kB a clip: small enough to keep in the repository, so a
+``--clips`` (each clip's reading, ~0.8 kB a clip: small enough to keep in the repository, so a
 table can grow over sessions whose ``runs/`` folders do not survive; ``docs/long_clip_compare/``):
 
     python bench/long_clip_compare.py ... --start 0 --count 100 --clips --out runs/long_cmp/000.json
