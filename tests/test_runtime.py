@@ -1,5 +1,6 @@
 """lumiere.runtime: freed memory is kept and reused, so a freed activation costs no page faults."""
 
+import os
 import subprocess
 import sys
 
@@ -23,8 +24,6 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(mode: str, **env: str) -> tuple[bool, int]:
-    import os
-
     done = subprocess.run(
         [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True,
         env={**{k: v for k, v in os.environ.items() if k != ENV_SWITCH}, **env},
