@@ -52,7 +52,6 @@ table can grow over sessions whose ``runs/`` folders do not survive; ``docs/long
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -64,6 +63,7 @@ import torch
 import harness
 from lumiere.eval.evaluate import generate_clips
 from lumiere.eval.long_clips import draw_long_prompts, long_clip_metrics, summarise_clip_lines
+from lumiere.models.shared_weights import _fingerprint
 
 METHODS = ("one_pass", "shipped_one_pass", "windows", "cascade")
 
@@ -263,13 +263,10 @@ ROW = ("colour", "shape", "motion", "present", "all")
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """16 hex digits of the sha256 of a model's weights (names and bytes, state-dict order): which
-    model made a slice, so that slices of two models never merge into one column."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """16 hex digits of the sha256 of a model's weights (``shared_weights``' fingerprint of its state
+    dict): which model made a slice, so that slices of two models never merge into one column."""
+    state = model.state_dict()
+    return _fingerprint(state, list(state))[:16]
 
 
 def method_recipe(method: str, args, pipes: dict[str, Any]) -> dict[str, Any]:
