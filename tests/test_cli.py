@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 import torch
 import yaml
 
+from lumiere.checkpoint import list_checkpoints
 from lumiere.cli import main
 from lumiere.data.video_io import read_video
 from lumiere.models.presets import STUNET_PRESETS, build_unet2d
@@ -155,6 +157,37 @@ def test_train_exports_a_checkpoint_without_training(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "step_1").iterdir()) == ["unet"]  # as the run exports
     assert exit_code(["train", str(path), "--export", str(tmp_path / "x"), "--step", "7"]) == 2
     assert "holds steps 1, 2" in capsys.readouterr().err
+
+
+def test_train_set_overrides_config_keys_and_the_run_keeps_them(tmp_path, capsys):
+    config = {
+        "stage": "t2i",
+        "output_dir": str(tmp_path / "from_file"),
+        "model": {"preset": "tiny"},
+        "data": {"resolution": 16, "num_frames": 4},
+        "optim": {"batch_size": 1, "max_steps": 5, "warmup_steps": 1},
+        "checkpoint_every": 1,
+        "keep_checkpoints": 10,
+        "sample_steps": 1,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "from_set"
+    argv = ["train", str(path), "--set", "optim.max_steps=2", "--set", f"output_dir={run}", "--set", "optim.lr=3.0e-4"]
+    assert main(argv) == 0
+    assert not (tmp_path / "from_file").exists()  # the file's output_dir was overridden
+    kept = json.loads((run / "config.json").read_text())
+    assert (kept["optim"]["max_steps"], kept["optim"]["lr"], kept["optim"]["batch_size"]) == (2, 3.0e-4, 1)
+    assert [p.name[-2:] for p in list_checkpoints(run / "checkpoints")] == ["01", "02"]  # 2 steps, not 5
+    # A malformed override, an unknown key and a value of the wrong type name what is wrong.
+    assert exit_code(["train", str(path), "--set", "optim.max_steps"]) == 2
+    assert "--set 'optim.max_steps' must be KEY=VALUE" in capsys.readouterr().err
+    assert exit_code(["train", str(path), "--set", "optim.max_step=3"]) == 2
+    assert "unknown config key optim.max_step; did you mean optim.max_steps?" in capsys.readouterr().err
+    assert exit_code(["train", str(path), "--set", "optim.max_steps=many"]) == 2
+    assert "config key optim.max_steps must be an integer, got text 'many'" in capsys.readouterr().err
+    assert exit_code(["train", str(path), "--set", "stage.name=t2i"]) == 2
+    assert "config key stage is a value, not a section" in capsys.readouterr().err
 
 
 def test_data_shapes_writes_pairs(tmp_path):

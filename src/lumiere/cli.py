@@ -3,6 +3,7 @@
     lumiere generate PROMPT -o OUT.mp4 [options]   text -> video file (a grid with --num-videos > 1)
     lumiere upsample IN.mp4 -o OUT.mp4 --prompt P   spatial super-resolution of a video (SSR model)
     lumiere train CONFIG.yaml [--resume]            one training stage from a YAML config
+    lumiere train CONFIG.yaml --set KEY=VALUE       ... with a config key set over the file's
     lumiere train CONFIG.yaml --export DIR [--step N]   a checkpoint of that run, exported
     lumiere data shapes --out DIR --count N         write the synthetic moving-shapes data set
     lumiere data cache CONFIG                       encode a latent config's clips and captions once
@@ -759,6 +760,16 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         help="stop with a checkpoint after this many minutes, > 0 (continue later with --resume)",
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="set one config key over the file's value, dotted, the value read as YAML (e.g. "
+        "--set optim.max_steps=400 --set model.init_from=runs/a/model); repeatable. The run's "
+        "folder keeps the config it ran (config.json)",
+    )
+    parser.add_argument(
         "--export",
         type=Path,
         default=None,
@@ -785,7 +796,8 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("argument --step: needs --export DIR (the checkpoint of step N to export)")
     if args.export is not None and (args.resume or args.time_limit is not None):
         parser.error("argument --export: exports without training; drop --resume and --time-limit")
-    config = load_config(args.config)  # a ValueError naming the file and key (exit code 2)
+    # A ValueError naming the file and key, or the malformed --set (exit code 2).
+    config = load_config(args.config, args.overrides)
     if args.export is not None:
         check_writable(args.export, "argument --export", folder=True)
         # No checkpoint, or none of that step: a ValueError naming the folder (exit code 2).

@@ -345,13 +345,48 @@ def read_yaml(path: str | Path) -> Any:
         ) from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config: every problem is a ``ValueError`` naming the file
-    and the key (YAML syntax: the line), ``FileNotFoundError`` for a missing file."""
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """``data`` (a config as read from YAML) with each ``KEY=VALUE`` of ``overrides`` set, in order.
+
+    KEY is dotted (``model.init_from``, ``optim.max_steps``); VALUE is read as YAML (``400``,
+    ``1.0e-4``, ``[1, 0, 0, 0]``, ``null``, a path). Keys are checked later, with the file's own
+    (``config_from_dict``); a malformed override is a ``ValueError`` naming it.
+    """
+    result = dict(data)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(part.strip() for part in parts):
+            raise ValueError(f"--set {override!r} must be KEY=VALUE, with KEY dotted, e.g. optim.max_steps=400")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {override!r}: the value {text!r} is not valid YAML") from None
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part.strip())
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ValueError(f"--set {override!r}: config key {where} is a value, not a section")
+            node[part.strip()] = child = dict(child)
+            node = child
+        node[parts[-1].strip()] = value
+    return result
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """Read and validate a YAML training config, with ``overrides`` (``KEY=VALUE``, see
+    ``apply_overrides``) set on top: every problem is a ``ValueError`` naming the file and the key
+    (YAML syntax: the line), ``FileNotFoundError`` for a missing file."""
     path = Path(path)
     data = read_yaml(path)
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config must be a mapping of keys to values, got {_type_name(data)}")
+    data = apply_overrides({} if data is None else data, overrides)
     try:
-        return config_from_dict({} if data is None else data)
+        return config_from_dict(data)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
 

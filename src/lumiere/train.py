@@ -34,7 +34,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -657,6 +657,7 @@ def train_from_config(
     config_path: str | Path,
     resume: bool = False,
     time_limit_s: float | None = None,
+    overrides: Sequence[str] = (),
 ) -> TrainResult:
-    """``lumiere train CONFIG.yaml [--resume]``."""
-    return train(load_config(config_path), resume=resume, time_limit_s=time_limit_s)
+    """``lumiere train CONFIG.yaml [--resume] [--set KEY=VALUE ...]``."""
+    return train(load_config(config_path, overrides), resume=resume, time_limit_s=time_limit_s)
