@@ -355,8 +355,8 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
     result = dict(data)
     for override in overrides:
         key, sep, text = override.partition("=")
-        parts = key.strip().split(".")
-        if not sep or not all(part.strip() for part in parts):
+        parts = [part.strip() for part in key.split(".")]
+        if not sep or not all(parts):
             raise ValueError(f"--set {override!r} must be KEY=VALUE, with KEY dotted, e.g. optim.max_steps=400")
         try:
             value = yaml.safe_load(text)
@@ -364,15 +364,15 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> di
             raise ValueError(f"--set {override!r}: the value {text!r} is not valid YAML") from None
         node = result
         for depth, part in enumerate(parts[:-1]):
-            child = node.get(part.strip())
+            child = node.get(part)
             if child is None:
                 child = {}
             elif not isinstance(child, dict):
                 where = ".".join(parts[: depth + 1])
                 raise ValueError(f"--set {override!r}: config key {where} is a value, not a section")
-            node[part.strip()] = child = dict(child)
+            node[part] = child = dict(child)  # a copy: the caller's data stays as read
             node = child
-        node[parts[-1].strip()] = value
+        node[parts[-1]] = value
     return result
 
 
