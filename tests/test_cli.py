@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,18 +139,25 @@ def test_train_missing_config_exits_2(tmp_path, capsys):
     assert "config" in capsys.readouterr().err
 
 
-def test_train_exports_a_checkpoint_without_training(tmp_path, capsys):
+def write_tiny_t2i_config(tmp_path, output_dir, max_steps: int, **keys) -> Path:
+    """A config of the tiny preset's t2i stage (seconds a step), a checkpoint every step, in tmp_path."""
     config = {
         "stage": "t2i",
-        "output_dir": str(tmp_path / "run"),
+        "output_dir": str(output_dir),
         "model": {"preset": "tiny"},
         "data": {"resolution": 16, "num_frames": 4},
-        "optim": {"batch_size": 1, "max_steps": 2, "warmup_steps": 1},
+        "optim": {"batch_size": 1, "max_steps": max_steps, "warmup_steps": 1},
         "checkpoint_every": 1,
         "sample_steps": 1,
+        **keys,
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_exports_a_checkpoint_without_training(tmp_path, capsys):
+    path = write_tiny_t2i_config(tmp_path, tmp_path / "run", max_steps=2)
     assert exit_code(["train", str(path), "--export", str(tmp_path / "none")]) == 2
     assert "no checkpoint to export" in capsys.readouterr().err
     assert main(["train", str(path)]) == 0
@@ -160,18 +168,7 @@ def test_train_exports_a_checkpoint_without_training(tmp_path, capsys):
 
 
 def test_train_set_overrides_config_keys_and_the_run_keeps_them(tmp_path, capsys):
-    config = {
-        "stage": "t2i",
-        "output_dir": str(tmp_path / "from_file"),
-        "model": {"preset": "tiny"},
-        "data": {"resolution": 16, "num_frames": 4},
-        "optim": {"batch_size": 1, "max_steps": 5, "warmup_steps": 1},
-        "checkpoint_every": 1,
-        "keep_checkpoints": 10,
-        "sample_steps": 1,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_tiny_t2i_config(tmp_path, tmp_path / "from_file", max_steps=5, keep_checkpoints=10)
     run = tmp_path / "from_set"
     argv = ["train", str(path), "--set", "optim.max_steps=2", "--set", f"output_dir={run}", "--set", "optim.lr=3.0e-4"]
     assert main(argv) == 0
